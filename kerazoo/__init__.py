@@ -1,0 +1,5 @@
+"""kerazoo: a Keras 3 / TensorFlow model zoo for language models."""
+
+__version__ = "0.1.0"
+
+from kerazoo import layers, models, training  # noqa: E402,F401  (public sub-packages)

@@ -1,0 +1,140 @@
+"""Multi-head self-attention with one fused QKV projection."""
+
+import keras
+from keras import ops
+
+from kerazoo.layers._validation import check_rank
+
+
+@keras.saving.register_keras_serializable(package="kerazoo")
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Multi-head scaled dot-product self-attention (Vaswani et al., 2017).
+
+    Queries, keys and values come from one `Dense(3 * num_heads * key_dim)`
+    projection, so the layer runs one large matmul instead of three small ones.
+    Scores are computed in the layer's compute dtype, and the masked softmax in
+    float32 (a float16 softmax overflows, keras#17571).
+
+    Args:
+        num_heads: number of attention heads.
+        key_dim: size of each head. Defaults to `d_model // num_heads`, in
+            which case `d_model` must be divisible by `num_heads`.
+        dropout: dropout rate on the attention probabilities.
+        causal: if True, position `t` attends only to positions `<= t`.
+        use_bias: whether the projections have biases.
+        kernel_initializer: initializer of both projection kernels.
+        **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: `(batch, seq, d_model)` tensor.
+        padding_mask: optional `(batch, seq)` bool or 0/1 tensor, True (1) for
+            real tokens. Padded positions are never attended to. When omitted,
+            a Keras mask (e.g. from `Embedding(mask_zero=True)`) is used.
+        training: whether dropout is active.
+        return_attention_scores: also return the attention probabilities.
+
+    Returns:
+        `(batch, seq, d_model)` tensor, and with `return_attention_scores=True`
+        also the `(batch, num_heads, seq, seq)` attention probabilities.
+
+    Example:
+
+    >>> layer = MultiHeadSelfAttention(num_heads=4, causal=True)
+    >>> layer(keras.random.normal((2, 10, 32))).shape
+    (2, 10, 32)
+    """
+
+    def __init__(self, num_heads, key_dim=None, dropout=0.0, causal=False,
+                 use_bias=True, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(
+                f"`num_heads` must be a positive integer; received num_heads={num_heads!r}.")
+        if key_dim is not None and (not isinstance(key_dim, int) or key_dim < 1):
+            raise ValueError(
+                f"`key_dim` must be a positive integer or None; received key_dim={key_dim!r}.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1); received dropout={dropout!r}.")
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.dropout = dropout
+        self.causal = causal
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        check_rank(self, input_shape, 3, "(batch, seq, d_model)")
+        d_model = input_shape[-1]
+        if d_model is None:
+            raise ValueError(f"{self.name}: the last dimension (d_model) of the input must be known.")
+        if self.key_dim is None and d_model % self.num_heads:
+            raise ValueError(
+                f"{self.name}: d_model={d_model} is not divisible by num_heads={self.num_heads}; "
+                "choose num_heads that divides d_model or set key_dim explicitly.")
+        self._head_dim = self.key_dim or d_model // self.num_heads
+        inner_dim = self.num_heads * self._head_dim
+        dense_args = dict(use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
+                          dtype=self.dtype_policy)
+        self.qkv_dense = keras.layers.Dense(3 * inner_dim, name="qkv", **dense_args)
+        self.qkv_dense.build(input_shape)
+        self.output_dense = keras.layers.Dense(d_model, name="output", **dense_args)
+        self.output_dense.build(tuple(input_shape[:-1]) + (inner_dim,))
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+
+    def call(self, inputs, padding_mask=None, training=None,
+             return_attention_scores=False, mask=None):
+        if padding_mask is None:
+            padding_mask = mask
+        batch, seq = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        qkv = self.qkv_dense(inputs)
+        qkv = ops.reshape(qkv, (batch, seq, 3, self.num_heads, self._head_dim))
+        # One transpose for all three: (3, batch, heads, seq, head_dim).
+        query, key, value = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
+        # Scaling the queries costs seq*head_dim multiplies; scaling the
+        # scores would cost seq*seq.
+        query = query * ops.cast(self._head_dim ** -0.5, query.dtype)
+        scores = ops.einsum("bhqd,bhkd->bhqk", query, key)
+        probs = self._masked_softmax(scores, padding_mask)
+        probs = self.dropout_layer(probs, training=training)
+        context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
+        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)),
+                              (batch, seq, self.num_heads * self._head_dim))
+        outputs = self.output_dense(context)
+        if return_attention_scores:
+            return outputs, probs
+        return outputs
+
+    def _masked_softmax(self, scores, padding_mask):
+        """Softmax over keys in float32, with masked keys set to -1e9."""
+        scores = ops.cast(scores, "float32")
+        allowed = None
+        if self.causal:
+            seq = ops.shape(scores)[-1]
+            positions = ops.arange(seq)
+            allowed = ops.expand_dims(positions, 1) >= ops.expand_dims(positions, 0)
+        if padding_mask is not None:
+            if len(padding_mask.shape) != 2:
+                raise ValueError(
+                    f"{self.name}: `padding_mask` must have shape (batch, seq); "
+                    f"received shape {tuple(padding_mask.shape)}.")
+            keys = ops.cast(padding_mask, "bool")[:, None, None, :]
+            allowed = keys if allowed is None else ops.logical_and(allowed, keys)
+        if allowed is not None:
+            scores = ops.where(allowed, scores, ops.cast(-1e9, scores.dtype))
+        return ops.cast(ops.softmax(scores, axis=-1), self.compute_dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            key_dim=self.key_dim,
+            dropout=self.dropout,
+            causal=self.causal,
+            use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config

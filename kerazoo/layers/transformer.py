@@ -1,0 +1,122 @@
+"""The Transformer block: self-attention and a feed-forward network, each with a residual and layer norm."""
+
+import keras
+
+from kerazoo.layers._validation import check_rank
+from kerazoo.layers.attention import MultiHeadSelfAttention
+
+
+@keras.saving.register_keras_serializable(package="kerazoo")
+class TransformerBlock(keras.layers.Layer):
+    """One Transformer layer: self-attention then a position-wise feed-forward net.
+
+    With `norm_first=True` (pre-norm, GPT-2 and most modern LMs) each sub-layer
+    computes `x + f(LayerNorm(x))`, which trains stably without warm-up
+    tricks; with `norm_first=False` (post-norm, the original Transformer and
+    BERT) it computes `LayerNorm(x + f(x))`.
+
+    Args:
+        num_heads: attention heads; must divide `d_model` (the input width).
+        ff_dim: hidden width of the feed-forward network.
+        dropout: rate for attention probabilities and both residual branches.
+        causal: if True, position `t` attends only to positions `<= t`.
+        norm_first: pre-norm (True) or post-norm (False).
+        activation: feed-forward activation (any Keras activation name).
+        layer_norm_epsilon: epsilon of both layer norms.
+        kernel_initializer: initializer of every kernel in the block.
+        **kwargs: base `Layer` arguments.
+
+    Call arguments:
+        inputs: `(batch, seq, d_model)` tensor.
+        padding_mask: optional `(batch, seq)` mask, True for real tokens; a
+            Keras mask on `inputs` is used when it is omitted.
+        training: whether dropout is active.
+
+    Returns:
+        `(batch, seq, d_model)` tensor.
+
+    Example:
+
+    >>> block = TransformerBlock(num_heads=2, ff_dim=64, causal=True)
+    >>> block(keras.random.normal((2, 10, 32))).shape
+    (2, 10, 32)
+    """
+
+    def __init__(self, num_heads, ff_dim, dropout=0.0, causal=False, norm_first=True,
+                 activation="gelu", layer_norm_epsilon=1e-5,
+                 kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(ff_dim, int) or ff_dim < 1:
+            raise ValueError(f"`ff_dim` must be a positive integer; received ff_dim={ff_dim!r}.")
+        self.num_heads = num_heads
+        self.ff_dim = ff_dim
+        self.dropout = dropout
+        self.causal = causal
+        self.norm_first = norm_first
+        self.activation = keras.activations.get(activation)
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.supports_masking = True
+        # Sub-layers are created here so that argument errors (num_heads,
+        # dropout) surface at construction; weights are still made in build().
+        self.attention = MultiHeadSelfAttention(
+            num_heads, dropout=dropout, causal=causal, kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy, name="attention")
+
+    def build(self, input_shape):
+        check_rank(self, input_shape, 3, "(batch, seq, d_model)")
+        d_model = input_shape[-1]
+        policy = self.dtype_policy
+        self.attention.build(input_shape)
+        self.attention_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="attention_norm")
+        self.attention_norm.build(input_shape)
+        self.ff_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="ff_norm")
+        self.ff_norm.build(input_shape)
+        self.ff_inner = keras.layers.Dense(
+            self.ff_dim, activation=self.activation, kernel_initializer=self.kernel_initializer,
+            dtype=policy, name="ff_inner")
+        self.ff_inner.build(input_shape)
+        self.ff_output = keras.layers.Dense(
+            d_model, kernel_initializer=self.kernel_initializer, dtype=policy, name="ff_output")
+        self.ff_output.build(tuple(input_shape[:-1]) + (self.ff_dim,))
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=policy)
+
+    def call(self, inputs, padding_mask=None, training=None, mask=None):
+        if padding_mask is None:
+            padding_mask = mask
+
+        def attend(x):
+            return self.dropout_layer(
+                self.attention(x, padding_mask=padding_mask, training=training), training=training)
+
+        def feed_forward(x):
+            return self.dropout_layer(self.ff_output(self.ff_inner(x)), training=training)
+
+        x = inputs
+        if self.norm_first:
+            x = x + attend(self.attention_norm(x))
+            return x + feed_forward(self.ff_norm(x))
+        x = self.attention_norm(x + attend(x))
+        return self.ff_norm(x + feed_forward(x))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            ff_dim=self.ff_dim,
+            dropout=self.dropout,
+            causal=self.causal,
+            norm_first=self.norm_first,
+            activation=keras.activations.serialize(self.activation),
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config

@@ -1,0 +1,170 @@
+"""Training setup: pick precision and XLA for the device, build under that policy, compile with AdamW."""
+
+import contextlib
+import dataclasses
+import functools
+import statistics
+import time
+
+import keras
+import tensorflow as tf
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# bfloat16 without XLA must beat float32 with XLA by this factor on a matmul
+# before the CPU plan switches to it: the rest of a training step (casts,
+# layer norms, softmax) does not speed up with it.
+_BFLOAT16_MIN_SPEEDUP = 1.3
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingPlan:
+    """How to train on this machine.
+
+    Attributes:
+        precision: Keras dtype policy: "float32", "mixed_bfloat16" or "mixed_float16".
+        jit_compile: whether `model.compile` should XLA-compile the train step.
+        reason: one line saying why, for logs.
+    """
+
+    precision: str
+    jit_compile: bool
+    reason: str
+
+    @contextlib.contextmanager
+    def policy_scope(self):
+        """Builds models inside this block with the plan's dtype policy.
+
+        Example:
+
+        >>> plan = select_plan(precision="float32", jit_compile=True)
+        >>> with plan.policy_scope():
+        ...     model = build_my_model()  # doctest: +SKIP
+        """
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(self.precision)
+        try:
+            yield self
+        finally:
+            keras.config.set_dtype_policy(previous)
+
+
+def select_plan(precision="auto", jit_compile="auto"):
+    """Chooses precision and XLA for the visible devices.
+
+    On a GPU: XLA always; `mixed_bfloat16` where the GPU supports it (compute
+    capability >= 8.0), else `mixed_float16`. On a CPU, XLA and bfloat16 do not
+    combine (XLA's CPU backend does not use the bfloat16 matmul units that
+    oneDNN uses), so the plan is either float32 with XLA or mixed_bfloat16
+    without it, whichever a short matmul probe (about a second, once per
+    process) finds faster.
+
+    Args:
+        precision: "auto" or one of `PRECISIONS`.
+        jit_compile: "auto" or a bool; "auto" follows the rules above for the
+            chosen precision.
+
+    Returns:
+        A `TrainingPlan`.
+
+    Example:
+
+    >>> plan = select_plan()
+    >>> plan.precision in PRECISIONS
+    True
+    """
+    if precision != "auto" and precision not in PRECISIONS:
+        raise ValueError(f"`precision` must be 'auto' or one of {PRECISIONS}; received {precision!r}.")
+    if jit_compile != "auto" and not isinstance(jit_compile, bool):
+        raise ValueError(f"`jit_compile` must be 'auto', True or False; received {jit_compile!r}.")
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        if precision == "auto":
+            capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
+            precision = "mixed_bfloat16" if capability and capability >= (8, 0) else "mixed_float16"
+        jit = True if jit_compile == "auto" else jit_compile
+        return TrainingPlan(precision, jit, f"GPU ({len(gpus)}): XLA with {precision}")
+    if precision == "auto":
+        speedup = cpu_bfloat16_speedup()
+        precision = "mixed_bfloat16" if speedup >= _BFLOAT16_MIN_SPEEDUP else "float32"
+        reason = (f"CPU: bfloat16 matmul (no XLA) is {speedup:.2f}x float32 matmul (XLA); "
+                  f"threshold {_BFLOAT16_MIN_SPEEDUP}x")
+    else:
+        reason = f"CPU: precision {precision} requested"
+    jit = (precision == "float32") if jit_compile == "auto" else jit_compile
+    return TrainingPlan(precision, jit, f"{reason} -> {precision}, jit_compile={jit}")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bfloat16_speedup(size=1024, repeats=5):
+    """Speed of a bfloat16 matmul without XLA relative to a float32 matmul with XLA.
+
+    Args:
+        size: side of the square matrices.
+        repeats: timed repetitions; the median is used.
+
+    Returns:
+        float, > 1 when bfloat16 (oneDNN) is faster.
+    """
+    a = tf.random.normal((size, size))
+    timings = {}
+    for dtype, jit in ((tf.float32, True), (tf.bfloat16, False)):
+        x = tf.cast(a, dtype)
+        matmul = tf.function(lambda m: tf.matmul(m, m), jit_compile=jit, autograph=False)
+        matmul(x).numpy()  # compile
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(4):
+                result = matmul(x)
+            result.numpy()
+            samples.append(time.perf_counter() - start)
+        timings[dtype] = statistics.median(samples)
+    return timings[tf.float32] / timings[tf.bfloat16]
+
+
+def adamw(learning_rate=1e-3, weight_decay=0.1, beta_1=0.9, beta_2=0.99, clipnorm=None):
+    """AdamW with the usual language-model defaults (nanoGPT's betas).
+
+    Use with `compile_model`, which excludes biases and norm parameters from
+    weight decay.
+
+    Args:
+        learning_rate: float or a `keras.optimizers.schedules` schedule.
+        weight_decay: decoupled weight decay for matrices.
+        beta_1, beta_2: Adam moment decay rates.
+        clipnorm: clip each gradient to this norm (None: no clipping).
+
+    Returns:
+        A `keras.optimizers.AdamW`.
+    """
+    return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay,
+                                  beta_1=beta_1, beta_2=beta_2, clipnorm=clipnorm)
+
+
+def compile_model(model, plan, optimizer=None, loss=None, metrics=None, **compile_kwargs):
+    """Compiles `model` following `plan`.
+
+    Vectors (biases, layer-norm scales and offsets) are excluded from AdamW's
+    weight decay, as in GPT-2/nanoGPT: decaying them only pulls them to zero.
+
+    Args:
+        model: a built `keras.Model` (build it inside `plan.policy_scope()`).
+        plan: a `TrainingPlan` from `select_plan`.
+        optimizer: an optimizer; defaults to `adamw()`.
+        loss: the loss; defaults to sparse categorical cross-entropy on logits.
+        metrics: optional metrics.
+        **compile_kwargs: passed on to `model.compile`.
+
+    Returns:
+        The model, compiled.
+    """
+    if not isinstance(plan, TrainingPlan):
+        raise TypeError(f"`plan` must be a TrainingPlan from select_plan(); received {type(plan).__name__}.")
+    optimizer = optimizer or adamw()
+    if isinstance(optimizer, keras.optimizers.AdamW):
+        optimizer.exclude_from_weight_decay(
+            var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
+    loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                  jit_compile=plan.jit_compile, **compile_kwargs)
+    return model
