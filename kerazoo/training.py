@@ -3,11 +3,22 @@
 import contextlib
 import dataclasses
 import functools
+import os
 import statistics
 import time
 
-import keras
-import tensorflow as tf
+# Flags that TensorFlow reads once, at its first graph optimisation, so they
+# are set on import. They change nothing until a plan turns XLA
+# auto-clustering on (`xla_fusion`); then they restrict it to element-wise
+# ops on the CPU, fusing layer norms, GELUs and softmaxes while matmuls stay
+# with oneDNN's bfloat16 kernels.
+_FUSION_FLAGS = ("--tf_xla_cpu_global_jit", "--tf_xla_ops_to_cluster=FUSIBLE")
+_flags = os.environ.get("TF_XLA_FLAGS", "")
+if "tf_xla_ops_to_cluster" not in _flags:
+    os.environ["TF_XLA_FLAGS"] = " ".join([_flags, *_FUSION_FLAGS]).strip()
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 # bfloat16 without XLA must beat float32 with XLA by this factor on a matmul
@@ -24,11 +35,15 @@ class TrainingPlan:
         precision: Keras dtype policy: "float32", "mixed_bfloat16" or "mixed_float16".
         jit_compile: whether `model.compile` should XLA-compile the train step.
         reason: one line saying why, for logs.
+        xla_fusion: without `jit_compile`, let XLA fuse only the element-wise
+            ops (auto-clustering), leaving matmuls to oneDNN. A process-wide
+            TensorFlow setting, turned on by `compile_model`.
     """
 
     precision: str
     jit_compile: bool
     reason: str
+    xla_fusion: bool = False
 
     @contextlib.contextmanager
     def policy_scope(self):
@@ -56,7 +71,8 @@ def select_plan(precision="auto", jit_compile="auto"):
     combine (XLA's CPU backend does not use the bfloat16 matmul units that
     oneDNN uses), so the plan is either float32 with XLA or mixed_bfloat16
     without it, whichever a short matmul probe (about a second, once per
-    process) finds faster.
+    process) finds faster; with mixed_bfloat16, XLA still fuses the
+    element-wise ops between the matmuls (`xla_fusion`).
 
     Args:
         precision: "auto" or one of `PRECISIONS`.
@@ -91,7 +107,9 @@ def select_plan(precision="auto", jit_compile="auto"):
     else:
         reason = f"CPU: precision {precision} requested"
     jit = (precision == "float32") if jit_compile == "auto" else jit_compile
-    return TrainingPlan(precision, jit, f"{reason} -> {precision}, jit_compile={jit}")
+    fusion = not jit and precision == "mixed_bfloat16"
+    return TrainingPlan(precision, jit, f"{reason} -> {precision}, jit_compile={jit}, "
+                        f"xla_fusion={fusion}", xla_fusion=fusion)
 
 
 @functools.lru_cache(maxsize=None)
@@ -160,6 +178,10 @@ def compile_model(model, plan, optimizer=None, loss=None, metrics=None, **compil
     """
     if not isinstance(plan, TrainingPlan):
         raise TypeError(f"`plan` must be a TrainingPlan from select_plan(); received {type(plan).__name__}.")
+    if plan.xla_fusion:
+        # Global (not per model): functions traced from now on auto-cluster
+        # element-wise ops. Functions already running keep their graphs.
+        tf.config.optimizer.set_jit("autoclustering")
     optimizer = optimizer or adamw()
     if isinstance(optimizer, keras.optimizers.AdamW):
         optimizer.exclude_from_weight_decay(

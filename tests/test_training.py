@@ -39,14 +39,15 @@ def test_tiny_lm_learns_with_mixed_bfloat16(rng):
 
 def test_select_plan_rules():
     assert training.select_plan("float32") == training.TrainingPlan(
-        "float32", True, "CPU: precision float32 requested -> float32, jit_compile=True")
+        "float32", True,
+        "CPU: precision float32 requested -> float32, jit_compile=True, xla_fusion=False")
     bf16 = training.select_plan("mixed_bfloat16")
-    assert (bf16.precision, bf16.jit_compile) == ("mixed_bfloat16", False)
+    assert (bf16.precision, bf16.jit_compile, bf16.xla_fusion) == ("mixed_bfloat16", False, True)
     assert training.select_plan("float32", jit_compile=False).jit_compile is False
     auto = training.select_plan()
     speedup = training.cpu_bfloat16_speedup()
     assert auto.precision == ("mixed_bfloat16" if speedup >= 1.3 else "float32")
-    assert auto.jit_compile == (auto.precision == "float32")
+    assert auto.jit_compile == (auto.precision == "float32") != auto.xla_fusion
 
 
 def test_select_plan_rejects_unknown_options():

@@ -106,8 +106,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         return outputs
 
     def _masked_softmax(self, scores, padding_mask):
-        """Softmax over keys in float32, with masked keys set to -1e9."""
-        scores = ops.cast(scores, "float32")
+        """Softmax over keys, masked keys set to -1e9; float16 scores go through float32."""
+        if scores.dtype == "float16":
+            scores = ops.cast(scores, "float32")
         allowed = None
         if self.causal:
             seq = ops.shape(scores)[-1]

@@ -46,7 +46,9 @@ def transformer_lm(vocab_size=10000, max_length=128, d_model=512, num_heads=8, n
         x = TransformerBlock(num_heads, ff_dim, dropout=dropout, causal=True,
                              activation=activation, name=f"block_{i}")(x)
     x = keras.layers.LayerNormalization(epsilon=1e-5, name="final_norm")(x)
-    x = keras.layers.Dense(vocab_size, name="lm_head")(x)
+    # No bias on the LM head (as GPT-2 and nanoGPT): it would add a
+    # (tokens x vocab) add and gradient reduction to every step for no gain.
+    x = keras.layers.Dense(vocab_size, use_bias=False, name="lm_head")(x)
     # A float32 identity: under mixed precision the loss then sees float32 logits.
     logits = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(token_ids, logits, name=name)
