@@ -190,3 +190,25 @@ def compile_model(model, plan, optimizer=None, loss=None, metrics=None, **compil
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                   jit_compile=plan.jit_compile, **compile_kwargs)
     return model
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records the wall time of each epoch in `durations` (seconds).
+
+    Example:
+
+    >>> timer = EpochTimer()
+    >>> model.fit(x, y, epochs=3, callbacks=[timer])  # doctest: +SKIP
+    >>> len(timer.durations)                           # doctest: +SKIP
+    3
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.durations = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.durations.append(time.perf_counter() - self._start)

@@ -1,0 +1,5 @@
+"""Text → token ids inside the TensorFlow graph (so exported models take raw strings)."""
+
+from kerazoo.text.vectorizer import STANDARDIZE_OPTIONS, word_vectorizer
+
+__all__ = ["STANDARDIZE_OPTIONS", "word_vectorizer"]
