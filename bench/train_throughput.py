@@ -29,9 +29,14 @@ BASELINE = ("keras_mha", "float32", True, False)
 
 
 def keras_mha_lm(vocab_size, max_length, d_model, num_heads, num_layers, ff_dim):
-    """kerazoo's transformer_lm with each block written from stock Keras layers (the baseline)."""
+    """kerazoo's transformer_lm with each block written from stock Keras layers (the baseline).
+
+    Embedding, tied output projection and final norm are the same as
+    transformer_lm's, so the two models differ only in their blocks.
+    """
     token_ids = keras.Input(shape=(None,), dtype="int32")
-    x = TokenAndPositionEmbedding(vocab_size, max_length, d_model)(token_ids)
+    embedding = TokenAndPositionEmbedding(vocab_size, max_length, d_model)
+    x = embedding(token_ids)
     for _ in range(num_layers):
         h = keras.layers.LayerNormalization(epsilon=1e-5)(x)
         h = keras.layers.MultiHeadAttention(num_heads, d_model // num_heads)(h, h, use_causal_mask=True)
@@ -40,7 +45,7 @@ def keras_mha_lm(vocab_size, max_length, d_model, num_heads, num_layers, ff_dim)
         h = keras.layers.Dense(ff_dim, activation="gelu")(h)
         x = x + keras.layers.Dense(d_model)(h)
     x = keras.layers.LayerNormalization(epsilon=1e-5)(x)
-    x = keras.layers.Dense(vocab_size, use_bias=False)(x)
+    x = embedding(x, reverse=True)  # tied embeddings, as transformer_lm's default
     return keras.Model(token_ids, keras.layers.Activation("linear", dtype="float32")(x))
 
 
@@ -66,9 +71,10 @@ def matmul_peak(dtype, jit, size=2048, repeats=5):
 
 def flops_per_token(model, config):
     """Training FLOPs per token: 6 x matmul parameters + attention (PaLM appendix B: 12 L s d)."""
-    embedding_params = sum(
-        int(np.prod(w.shape)) for w in model.layers[1].weights)  # token + position tables: lookups
-    matmul_params = model.count_params() - embedding_params
+    # The token table is used once as a lookup (free) and once as the tied
+    # output projection (a matmul); the position table only as a lookup.
+    position_params = config["max_length"] * config["d_model"]
+    matmul_params = model.count_params() - position_params
     return 6 * matmul_params + 12 * config["num_layers"] * config["max_length"] * config["d_model"]
 
 

@@ -15,7 +15,7 @@ def _tiny_lm():
 def _fit_losses(plan, rng):
     with plan.policy_scope():
         model = _tiny_lm()
-    training.compile_model(model, plan, optimizer=training.adamw(3e-3))
+    training.compile_model(model, plan, optimizer=training.adamw(1e-2))
     ids = rng.integers(0, 20, size=(8, 9))
     history = model.fit(ids[:, :-1], ids[:, 1:], epochs=40, batch_size=8, verbose=0)
     return model, history.history["loss"]

@@ -32,10 +32,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             a Keras mask (e.g. from `Embedding(mask_zero=True)`) is used.
         training: whether dropout is active.
         return_attention_scores: also return the attention probabilities.
+        cache: for incremental decoding (causal only), the key/value cache from
+            `empty_cache()` or a previous call; the keys and values of
+            `inputs` are written into it at `cache_index`.
+        cache_index: position of the first step of `inputs` (int or scalar tensor).
 
     Returns:
-        `(batch, seq, d_model)` tensor, and with `return_attention_scores=True`
-        also the `(batch, num_heads, seq, seq)` attention probabilities.
+        `(batch, seq, d_model)` tensor; with `return_attention_scores=True`
+        also the `(batch, num_heads, seq, seq)` attention probabilities; with a
+        `cache`, also the updated cache.
 
     Example:
 
@@ -83,7 +88,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def call(self, inputs, padding_mask=None, training=None,
-             return_attention_scores=False, mask=None):
+             return_attention_scores=False, mask=None, cache=None, cache_index=None):
         if padding_mask is None:
             padding_mask = mask
         batch, seq = ops.shape(inputs)[0], ops.shape(inputs)[1]
@@ -91,29 +96,66 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         qkv = ops.reshape(qkv, (batch, seq, 3, self.num_heads, self._head_dim))
         # One transpose for all three: (3, batch, heads, seq, head_dim).
         query, key, value = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
+        if cache is not None:
+            self._check_cache_call(cache_index, return_attention_scores)
+            # Write this step's keys and values at cache_index; attend over the whole cache.
+            cache = ops.slice_update(cache, (0, 0, 0, cache_index, 0),
+                                     ops.cast(ops.stack([key, value], axis=1), cache.dtype))
+            key, value = cache[:, 0], cache[:, 1]
         # Scaling the queries costs seq*head_dim multiplies; scaling the
         # scores would cost seq*seq.
         query = query * ops.cast(self._head_dim ** -0.5, query.dtype)
         scores = ops.einsum("bhqd,bhkd->bhqk", query, key)
-        probs = self._masked_softmax(scores, padding_mask)
+        probs = self._masked_softmax(scores, padding_mask, query_offset=cache_index)
         probs = self.dropout_layer(probs, training=training)
         context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
         context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)),
                               (batch, seq, self.num_heads * self._head_dim))
         outputs = self.output_dense(context)
+        if cache is not None:
+            return outputs, cache
         if return_attention_scores:
             return outputs, probs
         return outputs
 
-    def _masked_softmax(self, scores, padding_mask):
-        """Softmax over keys, masked keys set to -1e9; float16 scores go through float32."""
+    def empty_cache(self, batch_size, max_length, dtype=None):
+        """A zero key/value cache for `call(..., cache=, cache_index=)`.
+
+        Args:
+            batch_size: sequences decoded together.
+            max_length: positions the cache holds.
+            dtype: cache dtype (default: the layer's compute dtype).
+
+        Returns:
+            `(batch_size, 2, num_heads, max_length, head_dim)` zeros: keys, then values.
+        """
+        return ops.zeros((batch_size, 2, self.num_heads, max_length, self._head_dim),
+                         dtype=dtype or self.compute_dtype)
+
+    def _check_cache_call(self, cache_index, return_attention_scores):
+        if not self.causal:
+            raise ValueError(f"{self.name}: a key/value cache is only meaningful for causal "
+                             "attention (causal=True).")
+        if cache_index is None:
+            raise ValueError(f"{self.name}: `cache_index` (position of the first input step) "
+                             "is required with `cache`.")
+        if return_attention_scores:
+            raise ValueError(f"{self.name}: return_attention_scores is not supported with a cache.")
+
+    def _masked_softmax(self, scores, padding_mask, query_offset=None):
+        """Softmax over keys, masked keys set to -1e9; float16 scores go through float32.
+
+        Query i sits at position `query_offset + i` (0 without a cache); key j at j.
+        """
         if scores.dtype == "float16":
             scores = ops.cast(scores, "float32")
         allowed = None
         if self.causal:
-            seq = ops.shape(scores)[-1]
-            positions = ops.arange(seq)
-            allowed = ops.expand_dims(positions, 1) >= ops.expand_dims(positions, 0)
+            query_positions = ops.arange(ops.shape(scores)[-2])
+            if query_offset is not None:
+                query_positions = query_positions + query_offset
+            key_positions = ops.arange(ops.shape(scores)[-1])
+            allowed = ops.expand_dims(query_positions, 1) >= ops.expand_dims(key_positions, 0)
         if padding_mask is not None:
             if len(padding_mask.shape) != 2:
                 raise ValueError(

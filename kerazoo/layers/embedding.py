@@ -27,9 +27,13 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     Call arguments:
         inputs: `(batch, seq)` integer token ids.
         start_index: position of the first input step (for cached decoding).
+        reverse: if True, `inputs` are `(batch, seq, embedding_dim)` hidden
+            states and the layer returns their dot products with every token
+            embedding, `(batch, seq, vocab_size)` logits: the output layer of a
+            model with tied input and output embeddings.
 
     Returns:
-        `(batch, seq, embedding_dim)` embeddings.
+        `(batch, seq, embedding_dim)` embeddings (or logits with `reverse=True`).
 
     Example:
 
@@ -66,14 +70,17 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         self.token_embedding.build(input_shape)
         self.position_layer.build(tuple(input_shape) + (self.embedding_dim,))
 
-    def call(self, inputs, start_index=0):
+    def call(self, inputs, start_index=0, reverse=False):
+        if reverse:
+            # Tied output projection: hidden states -> logits over the vocabulary.
+            table = ops.cast(self.token_embedding.embeddings, inputs.dtype)
+            return ops.matmul(inputs, ops.transpose(table))
         return self.position_layer(self.token_embedding(inputs), start_index=start_index)
 
     def compute_mask(self, inputs, mask=None):
+        if len(inputs.shape) == 3:  # reverse=True: hidden states in, the mask passes through
+            return mask
         return self.token_embedding.compute_mask(inputs, mask)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape) + (self.embedding_dim,)
 
     def get_config(self):
         config = super().get_config()

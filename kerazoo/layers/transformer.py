@@ -31,9 +31,11 @@ class TransformerBlock(keras.layers.Layer):
         padding_mask: optional `(batch, seq)` mask, True for real tokens; a
             Keras mask on `inputs` is used when it is omitted.
         training: whether dropout is active.
+        cache, cache_index: key/value cache for incremental decoding, see
+            `MultiHeadSelfAttention` (`block.attention.empty_cache(...)`).
 
     Returns:
-        `(batch, seq, d_model)` tensor.
+        `(batch, seq, d_model)` tensor, and the updated cache when one is given.
 
     Example:
 
@@ -83,13 +85,18 @@ class TransformerBlock(keras.layers.Layer):
         self.ff_output.build(tuple(input_shape[:-1]) + (self.ff_dim,))
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=policy)
 
-    def call(self, inputs, padding_mask=None, training=None, mask=None):
+    def call(self, inputs, padding_mask=None, training=None, mask=None, cache=None, cache_index=None):
         if padding_mask is None:
             padding_mask = mask
+        new_cache = []
 
         def attend(x):
-            return self.dropout_layer(
-                self.attention(x, padding_mask=padding_mask, training=training), training=training)
+            out = self.attention(x, padding_mask=padding_mask, training=training, cache=cache,
+                                 cache_index=cache_index)
+            if cache is not None:
+                out, updated = out
+                new_cache.append(updated)
+            return self.dropout_layer(out, training=training)
 
         def feed_forward(x):
             return self.dropout_layer(self.ff_output(self.ff_inner(x)), training=training)
@@ -97,9 +104,11 @@ class TransformerBlock(keras.layers.Layer):
         x = inputs
         if self.norm_first:
             x = x + attend(self.attention_norm(x))
-            return x + feed_forward(self.ff_norm(x))
-        x = self.attention_norm(x + attend(x))
-        return self.ff_norm(x + feed_forward(x))
+            x = x + feed_forward(self.ff_norm(x))
+        else:
+            x = self.attention_norm(x + attend(x))
+            x = self.ff_norm(x + feed_forward(x))
+        return (x, new_cache[0]) if cache is not None else x
 
     def compute_output_shape(self, input_shape):
         return input_shape
