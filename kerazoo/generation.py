@@ -1,0 +1,244 @@
+"""Autoregressive decoding for `models.transformer_lm` with a key/value cache, the whole loop compiled."""
+
+import weakref
+
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from kerazoo.layers import TokenAndPositionEmbedding, TransformerBlock
+
+STRATEGIES = ("greedy", "sample", "top_k", "top_p")
+# Buffers are padded to a multiple of this many positions, so prompts of other
+# lengths reuse the compiled loop instead of tracing a new one.
+LENGTH_BUCKET = 64
+
+_compiled = weakref.WeakKeyDictionary()  # model -> {(strategy, jit_compile): decode function}
+
+
+def generate(model, prompt_ids, max_new_tokens, strategy="greedy", temperature=1.0, top_k=None,
+             top_p=None, stop_token=None, seed=None, pad_id=0, jit_compile=True):
+    """Continues each prompt by up to `max_new_tokens` tokens.
+
+    The prompts are run through the model once to fill a key/value cache;
+    then each step feeds one token per sequence and attends over the cache, so
+    the prefix is never recomputed. Sequences of different lengths decode in
+    one batch: every row keeps its own positions (row i's prompt occupies
+    positions `0 .. len_i - 1`), and rows whose prompt is longer keep feeding
+    prompt tokens while shorter ones already generate. The loop is one
+    `tf.function` (`tf.while_loop`), XLA-compiled by default, traced once per
+    model, strategy, batch size and length bucket; later calls reuse it.
+
+    Args:
+        model: a model from `kerazoo.models.transformer_lm` (its layers are
+            used directly: no second copy of the weights).
+        prompt_ids: a list of token-id sequences (lengths may differ) or a
+            `(batch, prompt_len)` int array.
+        max_new_tokens: tokens to add to each prompt (>= 1).
+        strategy: "greedy" (argmax), "sample" (softmax sampling at
+            `temperature`), "top_k" (sample among the `top_k` most likely) or
+            "top_p" (sample from the smallest set of tokens whose probability
+            is >= `top_p`).
+        temperature: divides the logits before sampling (not with "greedy").
+        top_k: for "top_k".
+        top_p: for "top_p", in (0, 1].
+        stop_token: a row ends after generating this id.
+        seed: int for reproducible sampling (None: a fresh random seed).
+        pad_id: fills each row after its end.
+        jit_compile: compile the loop with XLA.
+
+    Returns:
+        int32 numpy array `(batch, max_prompt_len + max_new_tokens)`: each row
+        is its prompt, then its new tokens (up to and including `stop_token`),
+        then `pad_id`.
+
+    Example:
+
+    >>> model = models.transformer_lm(vocab_size=50, max_length=32, d_model=16,
+    ...                               num_heads=2, num_layers=1, ff_dim=32)
+    >>> generate(model, [[1, 2, 3], [4]], max_new_tokens=5).shape
+    (2, 8)
+    """
+    embedding, blocks = _decoder_layers(model)
+    prompts = _as_prompt_list(prompt_ids, embedding.vocab_size)
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"`max_new_tokens` must be an integer >= 1; received {max_new_tokens!r}.")
+    lengths = np.array([len(p) for p in prompts], dtype=np.int32)
+    total = int(lengths.max()) + int(max_new_tokens)
+    if total > embedding.max_length:
+        raise ValueError(
+            f"prompt length {int(lengths.max())} + max_new_tokens {max_new_tokens} = {total} exceeds "
+            f"the model's max_length={embedding.max_length}.")
+    sampling = _check_sampling(strategy, temperature, top_k, top_p)
+    buffer_length = min(embedding.max_length, -(-total // LENGTH_BUCKET) * LENGTH_BUCKET)
+    ids = np.full((len(prompts), buffer_length), pad_id, dtype=np.int32)
+    for row, prompt in enumerate(prompts):
+        ids[row, :len(prompt)] = prompt
+    if seed is None:
+        seed = np.random.default_rng().integers(2 ** 31)
+
+    key = (strategy, bool(jit_compile))
+    functions = _compiled.setdefault(model, {})
+    if key not in functions:
+        functions[key] = tf.function(_decode_loop(embedding, blocks, model, strategy),
+                                     jit_compile=bool(jit_compile), autograph=False)
+    out = functions[key](
+        tf.constant(ids), tf.constant(lengths), tf.constant(max_new_tokens, tf.int32),
+        tf.constant(sampling["temperature"], tf.float32), tf.constant(sampling["top_k"], tf.int32),
+        tf.constant(sampling["top_p"], tf.float32),
+        tf.constant(-1 if stop_token is None else stop_token, tf.int32),
+        tf.constant(pad_id, tf.int32), tf.constant(seed, tf.int32))
+    return out.numpy()[:, :total]
+
+
+def decode_function(model, strategy="greedy"):
+    """The decoding loop of `generate` as a plain (not XLA-marked) Python function.
+
+    For embedding in an exported `tf.function` (TF Serving runs without XLA).
+    Its arguments are tensors: `ids (batch, length)` int32 with prompts
+    written from position 0 and `pad_id` after them, `lengths (batch,)`,
+    `max_new_tokens`, `temperature`, `top_k`, `top_p`, `stop_token` (-1 for
+    none), `pad_id`, `seed`. It returns the filled `ids`.
+
+    Args:
+        model: a `kerazoo.models.transformer_lm` model.
+        strategy: one of `STRATEGIES`.
+
+    Returns:
+        A callable building the decoding graph.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}; received {strategy!r}.")
+    embedding, blocks = _decoder_layers(model)
+    return _decode_loop(embedding, blocks, model, strategy)
+
+
+def _decode_loop(embedding, blocks, model, strategy):
+    final_norm = model.get_layer("final_norm")
+    head = next((layer for layer in model.layers if layer.name == "lm_head"), None)
+
+    def forward(token_ids, start, caches):
+        """Hidden states of `token_ids` at positions start.., writing their keys/values."""
+        x = embedding(token_ids, start_index=start)
+        updated = []
+        for block, cache in zip(blocks, caches):
+            x, cache = block(x, cache=cache, cache_index=start)
+            updated.append(cache)
+        return final_norm(x), updated
+
+    def logits_of(hidden):
+        logits = head(hidden) if head is not None else embedding(hidden, reverse=True)
+        return ops.cast(logits, "float32")
+
+    def decode(ids, lengths, max_new_tokens, temperature, top_k, top_p, stop_token, pad_id, seed):
+        batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
+        caches = [block.attention.empty_cache(batch, length) for block in blocks]
+        # Fill the cache with the whole buffer at once. Positions past a row's
+        # prompt hold padding for now; each is rewritten (keys and values of
+        # the real token) by the step that reaches it, before anything
+        # attends to it.
+        hidden, caches = forward(ids, 0, caches)
+        start = tf.reduce_min(lengths)
+        logits = logits_of(tf.gather(hidden, start - 1, axis=1))
+        end = tf.reduce_max(lengths) + max_new_tokens
+        done = tf.zeros([batch], tf.bool)
+
+        def step(t, ids, caches, logits, done):
+            proposal = _choose(strategy, logits, temperature, top_k, top_p, tf.stack([seed, t]))
+            prompt_token = tf.gather(ids, t, axis=1)
+            in_prompt = t < lengths
+            finished = done | (t >= lengths + max_new_tokens)
+            token = tf.where(in_prompt, prompt_token, tf.where(finished, pad_id, proposal))
+            done = finished | (~in_prompt & tf.equal(proposal, stop_token))
+            ids = tf.tensor_scatter_nd_update(
+                ids, tf.stack([tf.range(batch), tf.fill([batch], t)], axis=1), token)
+            hidden, caches = forward(token[:, None], t, caches)
+            return t + 1, ids, caches, logits_of(hidden[:, 0]), done
+
+        def keep_going(t, ids, caches, logits, done):
+            return (t < end) & ~tf.reduce_all(done)
+
+        _, ids, *_ = tf.while_loop(keep_going, step, (start, ids, caches, logits, done))
+        return ids
+
+    return decode
+
+
+def _choose(strategy, logits, temperature, top_k, top_p, seed):
+    """Next token per row from float32 `(batch, vocab)` logits."""
+    if strategy == "greedy":
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+    logits = logits / temperature
+    if strategy == "top_k":
+        kth_largest = tf.gather(tf.sort(logits, direction="DESCENDING"), top_k - 1, axis=1)
+        logits = tf.where(logits < kth_largest[:, None], -np.inf, logits)
+    elif strategy == "top_p":
+        logits = top_p_filter(logits, top_p)
+    return tf.cast(tf.random.stateless_categorical(logits, 1, seed)[:, 0], tf.int32)
+
+
+def top_p_filter(logits, top_p):
+    """Sets to -inf every logit outside the smallest set whose probability is >= `top_p`.
+
+    Args:
+        logits: float `(batch, vocab)`.
+        top_p: float in (0, 1].
+
+    Returns:
+        The filtered logits (ties at the threshold are kept).
+    """
+    sorted_logits = tf.sort(logits, direction="DESCENDING")
+    probabilities = tf.nn.softmax(sorted_logits)
+    # A token is kept when the tokens ranked above it sum to less than top_p.
+    mass_above = tf.cumsum(probabilities, axis=-1, exclusive=True)
+    kept = tf.reduce_sum(tf.cast(mass_above < top_p, tf.int32), axis=-1)
+    threshold = tf.gather(sorted_logits, kept - 1, axis=1, batch_dims=1)
+    return tf.where(logits < threshold[:, None], -np.inf, logits)
+
+
+def _decoder_layers(model):
+    try:
+        embedding = model.get_layer("embedding")
+        model.get_layer("final_norm")
+    except ValueError:
+        embedding = None
+    blocks = [layer for layer in model.layers if isinstance(layer, TransformerBlock)]
+    if not isinstance(embedding, TokenAndPositionEmbedding) or not blocks or not all(
+            block.causal for block in blocks):
+        raise ValueError("`model` must be a causal language model from kerazoo.models.transformer_lm "
+                         "(layers 'embedding', causal TransformerBlocks, 'final_norm').")
+    return embedding, blocks
+
+
+def _as_prompt_list(prompt_ids, vocab_size):
+    prompts = [np.asarray(p, dtype=np.int64).ravel() for p in prompt_ids]
+    if not prompts:
+        raise ValueError("`prompt_ids` is empty: give at least one prompt.")
+    for row, prompt in enumerate(prompts):
+        if prompt.size == 0:
+            raise ValueError(f"prompt {row} is empty: every prompt needs at least one token.")
+        if prompt.min() < 0 or prompt.max() >= vocab_size:
+            raise ValueError(f"prompt {row} has token ids outside [0, {vocab_size}): "
+                             f"min {prompt.min()}, max {prompt.max()}.")
+    return prompts
+
+
+def _check_sampling(strategy, temperature, top_k, top_p):
+    if strategy not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}; received {strategy!r}.")
+    if strategy == "greedy" and (temperature != 1.0 or top_k is not None or top_p is not None):
+        raise ValueError("strategy='greedy' takes no temperature, top_k or top_p; "
+                         "use strategy='sample', 'top_k' or 'top_p'.")
+    if temperature <= 0:
+        raise ValueError(f"`temperature` must be > 0; received {temperature!r}.")
+    if (strategy == "top_k") != (top_k is not None):
+        raise ValueError(f"`top_k` goes with strategy='top_k' (and it needs it); "
+                         f"received strategy={strategy!r}, top_k={top_k!r}.")
+    if (strategy == "top_p") != (top_p is not None):
+        raise ValueError(f"`top_p` goes with strategy='top_p' (and it needs it); "
+                         f"received strategy={strategy!r}, top_p={top_p!r}.")
+    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ValueError(f"`top_k` must be a positive integer; received {top_k!r}.")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"`top_p` must be in (0, 1]; received {top_p!r}.")
+    return dict(temperature=float(temperature), top_k=top_k or 1, top_p=top_p or 1.0)

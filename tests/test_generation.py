@@ -1,0 +1,135 @@
+"""KV-cache decoding against full recomputation, sampling rules, compile reuse and errors."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerazoo import generation, models, training
+
+pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
+
+
+@pytest.fixture(scope="module")
+def lm():
+    keras.utils.set_random_seed(7)
+    return models.transformer_lm(vocab_size=40, max_length=48, d_model=32, num_heads=4, num_layers=2,
+                                 ff_dim=64)
+
+
+def _naive_greedy(model, prompt, steps):
+    """The oracle: rerun the full model on the whole sequence for every new token."""
+    sequence = list(prompt)
+    for _ in range(steps):
+        sequence.append(int(np.argmax(model(np.array([sequence]))[0, -1])))
+    return sequence
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_greedy_with_cache_equals_naive_recomputation(lm, jit_compile):
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3], [12, 30, 2, 2]]
+    out = generation.generate(lm, prompts, max_new_tokens=9, jit_compile=jit_compile)
+    assert out.shape == (3, 7 + 9)
+    for row, prompt in zip(out, prompts):
+        expected = _naive_greedy(lm, prompt, 9)
+        assert row[:len(expected)].tolist() == expected
+        assert (row[len(expected):] == 0).all()
+
+
+def test_cached_logits_equal_full_forward_logits(lm):
+    ids = np.array([[4, 9, 1, 33, 7, 7, 20, 5]])
+    full = np.asarray(lm(ids))
+    embedding = lm.get_layer("embedding")
+    blocks = [lm.get_layer(f"block_{i}") for i in range(2)]
+    caches = [b.attention.empty_cache(1, 16) for b in blocks]
+    for t in range(ids.shape[1]):
+        x = embedding(ids[:, t:t + 1], start_index=t)
+        for i, block in enumerate(blocks):
+            x, caches[i] = block(x, cache=caches[i], cache_index=t)
+        logits = embedding(lm.get_layer("final_norm")(x), reverse=True)
+        np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-4)
+
+
+def test_untied_head_decodes_like_naive_recomputation():
+    keras.utils.set_random_seed(1)
+    model = models.transformer_lm(vocab_size=40, max_length=48, d_model=32, num_heads=4,
+                                  num_layers=1, ff_dim=64, tie_embeddings=False)
+    out = generation.generate(model, [[1, 2, 3]], max_new_tokens=6)
+    assert out[0].tolist() == _naive_greedy(model, [1, 2, 3], 6)
+
+
+def test_mixed_bfloat16_model_decodes():
+    with training.TrainingPlan("mixed_bfloat16", False, "test").policy_scope():
+        model = models.transformer_lm(vocab_size=40, max_length=48, d_model=32, num_heads=4,
+                                      num_layers=1, ff_dim=64)
+    out = generation.generate(model, [[1, 2, 3], [4]], max_new_tokens=6)
+    assert out.shape == (2, 9) and out.dtype == np.int32
+    assert out[:, 3:].min() >= 0 and out.max() < 40
+
+
+def test_sampling_is_reproducible_and_top_k_1_is_greedy(lm):
+    prompts = [[1, 2, 3], [4, 5]]
+    greedy = generation.generate(lm, prompts, 8)
+    assert (generation.generate(lm, prompts, 8, strategy="top_k", top_k=1, seed=3) == greedy).all()
+    a = generation.generate(lm, prompts, 8, strategy="top_p", top_p=0.9, temperature=1.5, seed=11)
+    b = generation.generate(lm, prompts, 8, strategy="top_p", top_p=0.9, temperature=1.5, seed=11)
+    c = generation.generate(lm, prompts, 8, strategy="sample", temperature=2.0, seed=12)
+    assert (a == b).all() and not (a == c).all()
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probabilities = np.array([[0.05, 0.4, 0.1, 0.3, 0.15]])
+    logits = tf.constant(np.log(probabilities), tf.float32)
+    kept = lambda p: np.isfinite(generation.top_p_filter(logits, p).numpy()[0])  # noqa: E731
+    assert kept(0.4).tolist() == [False, True, False, False, False]
+    assert kept(0.5).tolist() == [False, True, False, True, False]    # 0.4 + 0.3 >= 0.5
+    assert kept(0.7).tolist() == [False, True, False, True, False]    # exactly 0.7
+    assert kept(0.71).tolist() == [False, True, False, True, True]
+    assert kept(1.0).all()
+
+
+def test_top_k_samples_only_among_the_k_most_likely(lm):
+    out = generation.generate(lm, [[1]] * 16, 1, strategy="top_k", top_k=2, temperature=5.0, seed=0)
+    top2 = set(np.argsort(np.asarray(lm(np.array([[1]])))[0, -1])[-2:])
+    assert set(out[:, 1].tolist()) <= top2 and len(set(out[:, 1].tolist())) == 2
+
+
+def test_stop_token_ends_a_row(lm):
+    free = generation.generate(lm, [[1, 2, 3]], 10)[0]
+    stop = int(free[5])  # the third generated token
+    out = generation.generate(lm, [[1, 2, 3]], 10, stop_token=stop, pad_id=39)[0]
+    first = 3 + list(free[3:]).index(stop)
+    assert out[:first + 1].tolist() == free[:first + 1].tolist()
+    assert (out[first + 1:] == 39).all()
+
+
+def test_other_prompt_lengths_reuse_the_compiled_loop(lm):
+    generation.generate(lm, [[1, 2], [3, 4]], 5)
+    function = generation._compiled[lm][("greedy", True)]
+    traces = function.experimental_get_tracing_count()
+    generation.generate(lm, [[1, 2, 3, 4, 5, 6], [3]], 5)
+    generation.generate(lm, [[9], [3, 3, 3]], 20)
+    assert function.experimental_get_tracing_count() == traces
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(prompt_ids=[list(range(1, 40)) + [1] * 9], max_new_tokens=1), "exceeds the model's max_length=48"),
+    (dict(max_new_tokens=0), "max_new_tokens.*>= 1"),
+    (dict(prompt_ids=[[1], []]), "prompt 1 is empty"),
+    (dict(prompt_ids=[[1, 40]]), r"outside \[0, 40\)"),
+    (dict(strategy="beam"), "strategy.*'beam'"),
+    (dict(top_k=5), "strategy='greedy' takes no"),
+    (dict(strategy="top_k"), "top_k. goes with strategy='top_k'"),
+    (dict(strategy="top_p", top_p=1.5), r"top_p. must be in \(0, 1\]"),
+    (dict(strategy="sample", temperature=0), "temperature. must be > 0"),
+])
+def test_bad_arguments_are_clear_errors(lm, kwargs, message):
+    arguments = dict(prompt_ids=[[1, 2]], max_new_tokens=3) | kwargs
+    with pytest.raises(ValueError, match=message):
+        generation.generate(lm, **arguments)
+
+
+def test_model_that_is_not_a_causal_lm_is_rejected():
+    inputs = keras.Input((None,), dtype="int32")
+    with pytest.raises(ValueError, match="transformer_lm"):
+        generation.generate(keras.Model(inputs, inputs), [[1]], 2)
