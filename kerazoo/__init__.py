@@ -2,4 +2,4 @@
 
 __version__ = "0.1.0"
 
-from kerazoo import layers, models, training  # noqa: E402,F401  (public sub-packages)
+from kerazoo import data, export, generation, layers, models, text, training  # noqa: E402,F401

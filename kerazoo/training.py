@@ -18,6 +18,7 @@ if "tf_xla_ops_to_cluster" not in _flags:
     os.environ["TF_XLA_FLAGS"] = " ".join([_flags, *_FUSION_FLAGS]).strip()
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -140,7 +141,7 @@ def cpu_bfloat16_speedup(size=1024, repeats=5):
     return timings[tf.float32] / timings[tf.bfloat16]
 
 
-def adamw(learning_rate=1e-3, weight_decay=0.1, beta_1=0.9, beta_2=0.99, clipnorm=None):
+def adamw(learning_rate=1e-3, weight_decay=0.1, beta_1=0.9, beta_2=0.99, global_clipnorm=None):
     """AdamW with the usual language-model defaults (nanoGPT's betas).
 
     Use with `compile_model`, which excludes biases and norm parameters from
@@ -150,13 +151,44 @@ def adamw(learning_rate=1e-3, weight_decay=0.1, beta_1=0.9, beta_2=0.99, clipnor
         learning_rate: float or a `keras.optimizers.schedules` schedule.
         weight_decay: decoupled weight decay for matrices.
         beta_1, beta_2: Adam moment decay rates.
-        clipnorm: clip each gradient to this norm (None: no clipping).
+        global_clipnorm: clip the gradients so that their global norm is at
+            most this (None: no clipping).
 
     Returns:
         A `keras.optimizers.AdamW`.
     """
     return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay,
-                                  beta_1=beta_1, beta_2=beta_2, clipnorm=clipnorm)
+                                  beta_1=beta_1, beta_2=beta_2, global_clipnorm=global_clipnorm)
+
+
+def warmup_cosine(learning_rate, warmup_steps, total_steps, min_learning_rate=0.0):
+    """Linear warm-up from 0 to `learning_rate`, then cosine decay to `min_learning_rate` at `total_steps`.
+
+    Args:
+        learning_rate: the peak rate, reached after `warmup_steps`.
+        warmup_steps: steps of linear warm-up (>= 0).
+        total_steps: the step at which the rate reaches `min_learning_rate`.
+        min_learning_rate: the final rate.
+
+    Returns:
+        A `keras.optimizers.schedules.CosineDecay`.
+
+    Example:
+
+    >>> schedule = warmup_cosine(1e-3, 100, 2000, 1e-4)
+    >>> float(schedule(2000))
+    0.0001
+    """
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(f"need 0 <= warmup_steps < total_steps; received warmup_steps={warmup_steps}, "
+                         f"total_steps={total_steps}.")
+    if not 0 <= min_learning_rate <= learning_rate:
+        raise ValueError(f"need 0 <= min_learning_rate <= learning_rate; received "
+                         f"{min_learning_rate} and {learning_rate}.")
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup_steps else learning_rate,
+        decay_steps=total_steps - warmup_steps, alpha=min_learning_rate / learning_rate,
+        warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
 
 
 def compile_model(model, plan, optimizer=None, loss=None, metrics=None, **compile_kwargs):
@@ -212,3 +244,76 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.durations.append(time.perf_counter() - self._start)
+
+
+class LanguageModelProgress(keras.callbacks.Callback):
+    """Prints step, train/validation loss, perplexity and tokens/s every epoch (= evaluation interval).
+
+    Both losses are measured on `eval_batches` batches of each dataset, as
+    nanoGPT's `estimate_loss`, so they are comparable with each other.
+
+    Args:
+        train_data, validation_data: datasets of (inputs, targets) batches.
+        steps_per_epoch: training steps between evaluations.
+        tokens_per_step: batch size x sequence length.
+        eval_batches: batches per loss estimate.
+        print_fn: where lines go.
+
+    Attributes:
+        history: list of dicts (step, train_loss, val_loss, seconds).
+    """
+
+    def __init__(self, train_data, validation_data, steps_per_epoch, tokens_per_step, eval_batches=20,
+                 print_fn=print):
+        super().__init__()
+        self.train_data, self.validation_data = train_data, validation_data
+        self.steps_per_epoch, self.tokens_per_step = steps_per_epoch, tokens_per_step
+        self.eval_batches, self.print_fn = eval_batches, print_fn
+        self.history = []
+
+    def estimate(self, step):
+        train_loss = self.model.evaluate(self.train_data, steps=self.eval_batches, verbose=0)
+        val_loss = self.model.evaluate(self.validation_data, steps=self.eval_batches, verbose=0)
+        train_loss, val_loss = (float(np.ravel(v)[0]) for v in (train_loss, val_loss))
+        self.history.append(dict(step=step, train_loss=train_loss, val_loss=val_loss,
+                                 seconds=time.perf_counter() - self._start))
+        return train_loss, val_loss
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+        train_loss, val_loss = self.estimate(0)
+        self.print_fn(f"step     0: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                      f"val perplexity {np.exp(val_loss):.2f}")
+        self._epoch_start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        elapsed = time.perf_counter() - self._epoch_start
+        step = (epoch + 1) * self.steps_per_epoch
+        train_loss, val_loss = self.estimate(step)
+        self.print_fn(f"step {step:5d}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                      f"val perplexity {np.exp(val_loss):.2f}, "
+                      f"{self.steps_per_epoch * self.tokens_per_step / elapsed:,.0f} tokens/s")
+        self._epoch_start = time.perf_counter()
+
+
+def save_keras_atomically(model, path):
+    """Saves `model` to `path` (a `.keras` file) without ever leaving a half-written file there.
+
+    Writes a temporary file in the same directory, then renames it over `path`.
+
+    Args:
+        model: the model.
+        path: destination ending in `.keras`.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(f"`path` must end in .keras; received {path!r}.")
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)[:-6]}.tmp-{os.getpid()}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

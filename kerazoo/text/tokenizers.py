@@ -24,6 +24,7 @@ class _VocabularyTokenizer(keras.layers.Layer):
             raise ValueError(f"{type(self).__name__}: the vocabulary has duplicate tokens.")
         self.vocabulary = vocabulary
         self.pad_id, self.unk_id = 0, 1
+        self.built = True  # no weights: the lookup structures are made in __init__
 
     @property
     def vocabulary_size(self):

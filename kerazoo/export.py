@@ -1,0 +1,223 @@
+"""SavedModel export for TF Serving: string-in signatures, dense named outputs, versions written atomically.
+
+TF Serving loads `<base>/<name>/<version>/` and serves the largest integer
+version, ignoring other names. Each export is written into a temporary,
+non-integer sibling (`tmp-<pid>-<random>`) and renamed into place only once
+complete, so the server never sees a half-written version. The exported
+functions contain only core TensorFlow and tensorflow-text ops, none marked
+for XLA. TF Serving does not check request shapes against the signature, so
+the first op of each function checks that the strings are a vector: a rank-0
+(or rank-2) request is an InvalidArgumentError instead of reaching tf-text
+kernels unchecked, which can crash the server.
+"""
+
+import os
+import re
+import shutil
+import uuid
+
+import keras
+import tensorflow as tf
+
+from kerazoo import generation
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def export_saved_model(model, directory, name, version=None, preprocessor=None, serve_fn=None,
+                       input_name="text"):
+    """Exports a classifier (or any string-in model) for TF Serving.
+
+    The `serving_default` signature takes `input_name`: a `[None]` string
+    tensor. By default it returns `probabilities` (float32: `[batch]` for a
+    one-unit sigmoid output, else `[batch, classes]`) and `label` (int64:
+    probability >= 0.5, or the argmax).
+
+    Args:
+        model: a `keras.Model` on token ids (with `preprocessor`) or on strings.
+        directory: the base directory (e.g. "saved_models").
+        name: the model's folder inside `directory`.
+        version: a positive int; default: one more than the largest existing.
+        preprocessor: a layer mapping `[batch]` strings to the model's input
+            (e.g. an adapted `kerazoo.text.word_vectorizer`); tracked, so its
+            vocabulary and lookup tables are saved with the model.
+        serve_fn: instead of the classifier outputs, a function from the
+            `[batch]` string tensor to a dict of dense tensors.
+        input_name: name of the string input in the signature.
+
+    Returns:
+        The path of the new version directory.
+
+    Example:
+
+    >>> export_saved_model(model, "saved_models", "sentiment", preprocessor=vectorizer)  # doctest: +SKIP
+    'saved_models/sentiment/1'
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model; received {type(model).__name__}.")
+    if preprocessor is None and serve_fn is None and model.inputs and model.inputs[0].dtype != "string":
+        raise ValueError(f"model {model.name!r} takes {model.inputs[0].dtype} inputs: pass the "
+                         "`preprocessor` that maps strings to them (e.g. the adapted vectorizer).")
+    if preprocessor is not None and not preprocessor.built:
+        preprocessor(tf.constant([""]))  # builds it (e.g. a freshly adapted TextVectorization)
+    if serve_fn is None:
+        serve_fn = _classifier_outputs(model, preprocessor)
+
+    def serve(strings):
+        return _dense_outputs(serve_fn(_vector(strings)))
+
+    signature = [tf.TensorSpec([None], tf.string, name=input_name)]
+    return _write_version(directory, name, version, [model, preprocessor], {"serving_default": (serve, signature)})
+
+
+def export_text_generator(model, tokenizer, directory, name, version=None, max_new_tokens=64,
+                          strategy="greedy", stop_token=None):
+    """Exports a `transformer_lm` with its tokenizer as a prompt-in, text-out SavedModel.
+
+    Signatures (input `prompt`: `[None]` strings):
+    - `serving_default`: `text` (the generated continuation of each prompt)
+      and `token_ids` (`[batch, max_new_tokens]` int32, `0` after a stop).
+    - `next_token_logits`: `logits` `[batch, vocab]` float32 for the token
+      after each prompt.
+
+    Decoding is the KV-cache loop of `kerazoo.generation` as a plain
+    `tf.while_loop` (TF Serving runs without XLA). Prompts longer than the
+    context allows keep their last tokens; an empty prompt starts from `[UNK]`.
+
+    Args:
+        model: a `kerazoo.models.transformer_lm` model.
+        tokenizer: its `kerazoo.text` tokenizer.
+        directory, name, version: as in `export_saved_model`.
+        max_new_tokens: tokens generated per request.
+        strategy: "greedy" (deterministic) or another `generation.STRATEGIES`
+            entry, with temperature 1 and seed 0.
+        stop_token: id that ends a continuation.
+
+    Returns:
+        The path of the new version directory.
+    """
+    embedding = model.get_layer("embedding")
+    if not 1 <= max_new_tokens < embedding.max_length:
+        raise ValueError(f"`max_new_tokens` must be in [1, {embedding.max_length}) for this model; "
+                         f"received {max_new_tokens}.")
+    if strategy in ("top_k", "top_p"):
+        raise ValueError("export_text_generator supports strategy='greedy' or 'sample'.")
+    decode = generation.decode_function(model, strategy)
+    max_prompt = embedding.max_length - max_new_tokens
+
+    def prompt_ids(prompts):
+        ids = tokenizer(prompts)[:, -max_prompt:]  # keep the end of over-long prompts
+        # An empty prompt starts from [UNK]: decoding needs one token.
+        empty = tf.cast(tf.equal(ids.row_lengths(), 0), ids.row_splits.dtype)
+        unk = tf.RaggedTensor.from_row_lengths(
+            tf.fill([tf.reduce_sum(empty)], tf.cast(tokenizer.unk_id, ids.dtype)), empty)
+        return tf.concat([unk, ids], axis=1)
+
+    def generate(prompts):
+        ids = prompt_ids(prompts)
+        lengths = tf.cast(ids.row_lengths(), tf.int32)
+        batch = tf.shape(lengths)[0]
+        buffer = ids.to_tensor(default_value=0, shape=[batch, tf.reduce_max(lengths) + max_new_tokens])
+        out = decode(buffer, lengths, tf.constant(max_new_tokens), tf.constant(1.0), tf.constant(1),
+                     tf.constant(1.0), tf.constant(-1 if stop_token is None else stop_token),
+                     tf.constant(0), tf.constant(0))
+        new_tokens = tf.gather(out, lengths[:, None] + tf.range(max_new_tokens)[None, :], batch_dims=1)
+        return {"text": tokenizer.detokenize(new_tokens), "token_ids": new_tokens}
+
+    def next_token_logits(prompts):
+        ids = prompt_ids(prompts)
+        logits = model(ids.to_tensor(default_value=0), training=False)
+        last = tf.cast(ids.row_lengths(), tf.int32) - 1
+        return {"logits": tf.cast(tf.gather(logits, last, batch_dims=1), tf.float32)}
+
+    def serve(prompts):
+        return _dense_outputs(generate(_vector(prompts)))
+
+    def logits(prompts):
+        return _dense_outputs(next_token_logits(_vector(prompts)))
+
+    signature = [tf.TensorSpec([None], tf.string, name="prompt")]
+    return _write_version(directory, name, version, [model, tokenizer],
+                          {"serving_default": (serve, signature), "next_token_logits": (logits, signature)})
+
+
+def latest_version(path):
+    """The newest integer version under a model folder.
+
+    Args:
+        path: `<directory>/<name>`.
+
+    Returns:
+        `(version, version_path)`.
+    """
+    versions = _versions(path)
+    if not versions:
+        raise FileNotFoundError(f"no exported versions (integer-named folders) in {os.fspath(path)!r}.")
+    return versions[-1], os.path.join(path, str(versions[-1]))
+
+
+def _vector(strings):
+    """The first op of every endpoint: anything but a `[batch]` vector is an InvalidArgumentError."""
+    return tf.ensure_shape(strings, [None])
+
+
+def _classifier_outputs(model, preprocessor):
+    def outputs(strings):
+        inputs = strings if preprocessor is None else preprocessor(strings)
+        probabilities = tf.cast(model(inputs, training=False), tf.float32)
+        if probabilities.shape[-1] == 1:
+            probabilities = probabilities[:, 0]
+            return {"probabilities": probabilities, "label": tf.cast(probabilities >= 0.5, tf.int64)}
+        return {"probabilities": probabilities, "label": tf.argmax(probabilities, axis=-1)}
+
+    return outputs
+
+
+def _dense_outputs(outputs):
+    if not isinstance(outputs, dict) or not outputs:
+        raise ValueError(f"the serving function must return a non-empty dict of tensors; "
+                         f"received {type(outputs).__name__}.")
+    for key, value in outputs.items():
+        if not isinstance(value, tf.Tensor):
+            raise ValueError(f"serving output {key!r} is a {type(value).__name__}: TF Serving needs dense "
+                             "tensors (convert ragged ones with .to_tensor()).")
+    return outputs
+
+
+def _versions(path):
+    if not os.path.isdir(path):
+        return []
+    return sorted(int(entry) for entry in os.listdir(path) if entry.isdigit())
+
+
+def _write_version(directory, name, version, tracked, endpoints):
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"`name` must be a simple folder name (letters, digits, '.', '_', '-'); "
+                         f"received {name!r}.")
+    if version is not None and (not isinstance(version, int) or version < 1):
+        raise ValueError(f"`version` must be a positive integer; received {version!r}.")
+    base = os.path.join(os.fspath(directory), name)
+    os.makedirs(base, exist_ok=True)
+    versions = _versions(base)
+    version = version or (versions[-1] + 1 if versions else 1)
+    final = os.path.join(base, str(version))
+    if os.path.exists(final):
+        raise FileExistsError(f"version {version} already exists: {final!r} (exports never overwrite).")
+
+    archive = keras.export.ExportArchive()
+    for obj in tracked:
+        if obj is not None:
+            archive.track(obj)
+    for endpoint, (fn, signature) in endpoints.items():
+        archive.add_endpoint(endpoint, tf.function(fn, input_signature=signature, autograph=False))
+    tmp = os.path.join(base, f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        archive.write_out(tmp, verbose=False)
+        try:
+            os.rename(tmp, final)
+        except OSError as error:
+            raise FileExistsError(f"could not move the export to {final!r} (another export took version "
+                                  f"{version}?): {error}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,168 @@
+"""SavedModel exports: TF Serving layout, atomic versions, and serving in a strict TF-only process."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from kerazoo import export, generation, models, text
+from tf_only import run_tf_only
+
+TEXTS = ["a good film", "a bad film", "not good", "good good good", "bad"] * 4
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    keras.utils.set_random_seed(3)
+    vectorizer = text.word_vectorizer(vocab_size=30, max_length=8)
+    vectorizer.adapt(TEXTS)
+    model = models.lstm_classifier(vocab_size=30, embedding_dim=4, lstm_units=4, max_length=8)
+    model.compile("adam", "binary_crossentropy")
+    labels = np.array([1, 0, 0, 1, 0] * 4)
+    model.fit(vectorizer(tf.constant(TEXTS)), labels, epochs=2, verbose=0)
+    return model, vectorizer
+
+
+def _strings():
+    return ["a good film", "", " ".join(["good"] * 10_000), "très bien 😀 日本語", "bad"]
+
+
+def test_classifier_export_serves_in_a_strict_tf_only_process(tmp_path, classifier):
+    model, vectorizer = classifier
+    first = export.export_saved_model(model, tmp_path, "sentiment", preprocessor=vectorizer)
+    second = export.export_saved_model(model, tmp_path, "sentiment", preprocessor=vectorizer)
+    assert (first, second) == (str(tmp_path / "sentiment" / "1"), str(tmp_path / "sentiment" / "2"))
+    for version in (first, second):
+        assert os.path.isfile(os.path.join(version, "saved_model.pb"))
+        assert os.path.isfile(os.path.join(version, "variables", "variables.index"))
+    assert sorted(os.listdir(tmp_path / "sentiment")) == ["1", "2"]  # no temporary folders left
+    expected = np.asarray(model(vectorizer(tf.constant(_strings()))))[:, 0]
+    result = run_tf_only(f"""
+        import json
+        path = newest_version({str(tmp_path / "sentiment")!r})
+        serving = tf.saved_model.load(path).signatures["serving_default"]
+        (spec,), inputs = serving.structured_input_signature[1].items(), None
+        out = serving(text=tf.constant({_strings()!r}))
+        print(json.dumps(dict(
+            version=os.path.basename(path), input=[spec[0], spec[1].dtype.name, spec[1].shape.as_list()],
+            outputs=sorted(serving.structured_outputs),
+            probabilities=out["probabilities"].numpy().tolist(), label=out["label"].numpy().tolist())))
+        try:
+            session_run(path, "serving_default", {{"text": np.array(b"a good film", dtype=object)}})
+            print("rank-0 request: no error")
+        except tf.errors.InvalidArgumentError as error:
+            print("rank-0 request: InvalidArgumentError")
+        by_name = session_run(path, "serving_default", {{"text": np.array([b"a good film"], dtype=object)}})
+        print("session:", float(by_name["probabilities"][0]))
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[0])
+    assert report["version"] == "2"
+    assert report["input"] == ["text", "string", [None]]
+    assert report["outputs"] == ["label", "probabilities"]
+    probabilities = np.array(report["probabilities"])
+    assert probabilities.shape == (5,) and ((0 <= probabilities) & (probabilities <= 1)).all()
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    assert report["label"] == (expected >= 0.5).astype(int).tolist()
+    assert "rank-0 request: InvalidArgumentError" in result.stdout
+    assert f"session: {float(np.float32(expected[0]))}" in result.stdout
+
+
+def test_multiclass_export_returns_class_probabilities(tmp_path):
+    vectorizer = text.word_vectorizer(vocab_size=20, max_length=4)
+    vectorizer.adapt(TEXTS)
+    model = models.lstm_classifier(vocab_size=20, max_length=4, num_classes=3)
+    path = export.export_saved_model(model, tmp_path, "topics", preprocessor=vectorizer)
+    out = tf.saved_model.load(path).signatures["serving_default"](text=tf.constant(["good", "bad film"]))
+    expected = np.asarray(model(vectorizer(tf.constant(["good", "bad film"]))))
+    np.testing.assert_allclose(out["probabilities"], expected, atol=1e-6)
+    assert out["label"].numpy().tolist() == expected.argmax(-1).tolist()
+
+
+def test_no_function_is_marked_for_xla(tmp_path, classifier):
+    model, vectorizer = classifier
+    path = export.export_saved_model(model, tmp_path, "m", preprocessor=vectorizer)
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(open(os.path.join(path, "saved_model.pb"), "rb").read())
+    functions = proto.meta_graphs[0].graph_def.library.function
+    assert functions
+    for function in functions:
+        attr = function.attr.get("_XlaMustCompile")
+        assert attr is None or not attr.b, function.signature.name
+
+
+def test_versions_and_interrupted_exports(tmp_path, classifier, monkeypatch):
+    model, vectorizer = classifier
+    assert export.export_saved_model(model, tmp_path, "m", version=5, preprocessor=vectorizer).endswith("5")
+    os.makedirs(tmp_path / "m" / "notes")  # non-integer folders are ignored
+    assert export.latest_version(tmp_path / "m") == (5, str(tmp_path / "m" / "5"))
+    with pytest.raises(FileExistsError, match="version 5 already exists"):
+        export.export_saved_model(model, tmp_path, "m", version=5, preprocessor=vectorizer)
+
+    def fail_midway(self, filepath, **kwargs):
+        os.makedirs(filepath)
+        open(os.path.join(filepath, "saved_model.pb"), "w").write("partial")
+        raise RuntimeError("disk full")
+
+    archive_class = type(keras.export.ExportArchive())  # the backend's subclass
+    monkeypatch.setattr(archive_class, "write_out", fail_midway)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.export_saved_model(model, tmp_path, "m", preprocessor=vectorizer)
+    assert sorted(os.listdir(tmp_path / "m")) == ["5", "notes"]
+
+
+def test_export_argument_errors(tmp_path, classifier):
+    model, vectorizer = classifier
+    with pytest.raises(ValueError, match="pass the `preprocessor`"):
+        export.export_saved_model(model, tmp_path, "m")
+    with pytest.raises(ValueError, match="simple folder name.*'../evil'"):
+        export.export_saved_model(model, tmp_path, "../evil", preprocessor=vectorizer)
+    with pytest.raises(ValueError, match="positive integer.*0"):
+        export.export_saved_model(model, tmp_path, "m", version=0, preprocessor=vectorizer)
+    with pytest.raises(TypeError, match="keras.Model"):
+        export.export_saved_model(vectorizer, tmp_path, "m")
+    with pytest.raises(FileNotFoundError, match="no exported versions"):
+        export.latest_version(tmp_path / "nothing")
+    ragged = lambda strings: {"tokens": tf.strings.split(strings)}  # noqa: E731
+    with pytest.raises(ValueError, match="'tokens' is a RaggedTensor"):
+        export.export_saved_model(model, tmp_path, "m", preprocessor=vectorizer, serve_fn=ragged)
+
+
+def test_text_generator_export_serves_in_a_strict_tf_only_process(tmp_path):
+    corpus = ["the cat sat on the mat", "the dog sat on the log", "a cat is not a dog"] * 3
+    tokenizer = text.WordPieceTokenizer.learn(corpus, vocab_size=60)
+    keras.utils.set_random_seed(5)
+    model = models.transformer_lm(tokenizer.vocabulary_size, max_length=24, d_model=16, num_heads=2,
+                                  num_layers=1, ff_dim=32)
+    export.export_text_generator(model, tokenizer, tmp_path, "lm", max_new_tokens=6)
+    prompts = ["the cat", "", "the dog sat on the mat " * 10]
+    expected_ids = []
+    for prompt in prompts:
+        ids = tokenizer(tf.constant([prompt])).to_list()[0][-(24 - 6):] or [tokenizer.unk_id]
+        expected_ids.append(generation.generate(model, [ids], 6)[0, len(ids):].tolist())
+    expected_logits = np.asarray(model(np.array([tokenizer(tf.constant(["the cat"])).to_list()[0]])))[0, -1]
+    result = run_tf_only(f"""
+        import json
+        loaded = tf.saved_model.load(newest_version({str(tmp_path / "lm")!r}))
+        out = loaded.signatures["serving_default"](prompt=tf.constant({prompts!r}))
+        logits = loaded.signatures["next_token_logits"](prompt=tf.constant(["the cat"]))["logits"]
+        print(json.dumps(dict(text=[t.decode() for t in out["text"].numpy()],
+                              ids=out["token_ids"].numpy().tolist(), logits=logits.numpy()[0].tolist())))
+        try:
+            session_run(newest_version({str(tmp_path / "lm")!r}), "serving_default",
+                        {{"prompt": np.array(b"the cat", dtype=object)}})
+            print("rank-0 request: no error")
+        except tf.errors.InvalidArgumentError:
+            print("rank-0 request: InvalidArgumentError")
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[0])
+    assert report["ids"] == expected_ids
+    assert report["text"][0] == tokenizer.detokenize(tf.constant([expected_ids[0]])).numpy()[0].decode()
+    assert all(isinstance(t, str) and t for t in report["text"])
+    np.testing.assert_allclose(report["logits"], expected_logits, atol=1e-4)
+    assert "rank-0 request: InvalidArgumentError" in result.stdout
