@@ -1,5 +1,9 @@
-"""Data: language-modelling corpora and windows, and the embedded sample corpus."""
+"""Data: labeled text for classifiers, language-modelling corpora, embedded samples, named datasets."""
 
 from kerazoo.data.corpus import lm_dataset, read_text, sample_corpus, split_text
+from kerazoo.data.datasets import DATASETS, decode_imdb, load_dataset
+from kerazoo.data.labeled_text import LabeledText, load_labeled_text
+from kerazoo.data.sample import sample_sentiment
 
-__all__ = ["lm_dataset", "read_text", "sample_corpus", "split_text"]
+__all__ = ["DATASETS", "LabeledText", "decode_imdb", "lm_dataset", "load_dataset", "load_labeled_text",
+           "read_text", "sample_corpus", "sample_sentiment", "split_text"]

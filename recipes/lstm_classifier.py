@@ -1,0 +1,187 @@
+"""Train the documents' Embedding→LSTM→Dense text classifier, evaluate it, and export it for TF Serving.
+
+Runs offline on the embedded sample corpus by default:
+
+    python recipes/lstm_classifier.py
+    python recipes/lstm_classifier.py --data train.tsv --val-data dev.tsv --epochs 10
+    python recipes/lstm_classifier.py --dataset imdb        # downloads; needs internet
+
+Data files are csv / tsv (with a header) or JSON Lines; the text column is the
+first of text, sentence, headline, review, and the label column the first of
+label, is_sarcastic, sentiment (override with --text-column / --label-column).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerazoo import data, export, models, text, training
+from kerazoo.evaluation import classification_report
+
+EXAMPLES = [
+    "a wonderful, moving film with a great cast",
+    "the plot was dull and the acting was worse",
+    "the ending was not bad at all",
+    "i expected the film to be great, but it was dull",
+]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    source = parser.add_argument_group("data")
+    source.add_argument("--dataset", default="sample", choices=("sample", "imdb"),
+                        help="named dataset when --data is not given (default: sample, embedded)")
+    source.add_argument("--data", metavar="PATH", help="labeled training file (csv/tsv/jsonl)")
+    source.add_argument("--val-data", metavar="PATH",
+                        help="labeled validation file (default: split off --validation-split)")
+    source.add_argument("--validation-split", type=float, default=0.2,
+                        help="fraction held out when there is no --val-data (default: 0.2)")
+    source.add_argument("--text-column", help="name of the text column/key")
+    source.add_argument("--label-column", help="name of the label column/key")
+    source.add_argument("--on-decode-error", choices=("fail", "skip"), default="fail",
+                        help="records with undecodable bytes: fail, or skip and count (default: fail)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--vocab-size", type=int, default=10000, help="(default: 10000)")
+    model.add_argument("--max-length", type=int, default=100, help="tokens per text (default: 100)")
+    model.add_argument("--embedding-dim", type=int, default=16, help="(default: 16)")
+    model.add_argument("--lstm-units", type=int, default=32, help="(default: 32)")
+    model.add_argument("--bidirectional", action="store_true", help="bidirectional LSTM")
+    model.add_argument("--dropout", type=float, default=0.0, help="(default: 0)")
+    model.add_argument("--standardize", default="lower_and_strip_punctuation",
+                       choices=[s for s in text.STANDARDIZE_OPTIONS if s] + ["none"],
+                       help="text standardisation before splitting on whitespace "
+                            "(default: lower_and_strip_punctuation)")
+    fit = parser.add_argument_group("training")
+    fit.add_argument("--epochs", type=int, default=10, help="maximum epochs (default: 10)")
+    fit.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
+    fit.add_argument("--learning-rate", type=float, default=1e-3, help="Adam (default: 1e-3)")
+    fit.add_argument("--patience", type=int, default=2,
+                     help="early stopping: epochs without val_loss improvement (default: 2)")
+    fit.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
+                     help="XLA for the train step; auto = on for CPU, off on a GPU, where the "
+                          "cuDNN LSTM kernel cannot be XLA-compiled (default: auto)")
+    fit.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--export-dir", default="saved_models", help="(default: saved_models)")
+    out.add_argument("--name", default="lstm_classifier",
+                     help="model name: exports go to EXPORT_DIR/NAME/<version>/ (default: lstm_classifier)")
+    out.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                     help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
+    args = parser.parse_args(argv)
+    for flag in ("vocab_size", "max_length", "embedding_dim", "lstm_units", "epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if not 0.0 < args.validation_split < 1.0:
+        parser.error("--validation-split must be between 0 and 1")
+    if not 0.0 <= args.dropout < 1.0:
+        parser.error("--dropout must be in [0, 1)")
+    if args.vocab_size < 3:
+        parser.error("--vocab-size must be >= 3 (padding, OOV and one word)")
+    return args
+
+
+def load_data(args):
+    """Returns (train, validation) `LabeledText`s as the flags ask."""
+    if args.data:
+        options = dict(text_column=args.text_column, label_column=args.label_column,
+                       on_decode_error=args.on_decode_error)
+        train = data.load_labeled_text(args.data, **options)
+        if args.val_data:
+            return train, data.load_labeled_text(args.val_data, **options)
+    else:
+        if args.val_data:
+            raise SystemExit("error: --val-data needs --data")
+        train = data.load_dataset(args.dataset)
+    return train.split(args.validation_split, seed=args.seed)
+
+
+def classes_of(train, val):
+    """Class names, checked to be the same in both splits."""
+    if list(train.label_names) != list(val.label_names):
+        raise SystemExit(f"error: training labels {train.label_names} differ from validation labels "
+                         f"{val.label_names}")
+    if len(train.label_names) < 2:
+        raise SystemExit(f"error: the training data has a single class {train.label_names}")
+    return list(train.label_names)
+
+
+def dataset(split, vectorizer, batch_size, shuffle_seed=None):
+    """A batched tf.data pipeline of (token ids, label); the vectorizer runs here, outside XLA."""
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant(split.texts, tf.string), split.labels))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda t, y: (vectorizer(t), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+    train, val = load_data(args)
+    label_names = classes_of(train, val)
+    for split_name, split in (("train", train), ("validation", val)):
+        counts = np.bincount(split.labels, minlength=len(label_names))
+        skipped = f", {split.skipped} skipped (undecodable)" if split.skipped else ""
+        print(f"{split_name}: {len(split)} texts from {split.source}{skipped}; "
+              + ", ".join(f"{n}={c}" for n, c in zip(label_names, counts)))
+
+    vectorizer = text.word_vectorizer(args.vocab_size, args.max_length,
+                                      standardize=None if args.standardize == "none" else args.standardize)
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train.texts).batch(1024))
+    print(f"vocabulary: {vectorizer.vocabulary_size()} ids (padding and [UNK] included)")
+
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    jit = {"on": True, "off": False, "auto": not on_gpu}[args.jit_compile]
+    plan = training.select_plan("float32", jit_compile=jit)
+    with plan.policy_scope():
+        model = models.lstm_classifier(args.vocab_size, args.embedding_dim, args.lstm_units,
+                                       args.max_length, num_classes=len(label_names),
+                                       bidirectional=args.bidirectional, dropout=args.dropout)
+    binary = len(label_names) == 2
+    loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
+    training.compile_model(model, plan, optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss,
+                           metrics=["accuracy"])
+    print(f"plan: {plan.reason}")
+    model.summary(print_fn=lambda line, **_: print(line))
+
+    timer = training.EpochTimer()
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
+                                         restore_best_weights=True, verbose=1)
+    val_ds = dataset(val, vectorizer, args.batch_size)
+    model.fit(dataset(train, vectorizer, args.batch_size, shuffle_seed=args.seed),
+              validation_data=val_ds, epochs=args.epochs, callbacks=[stop, timer], verbose=args.verbose,
+              shuffle=False)  # the dataset reshuffles itself every epoch
+    print(f"trained {len(timer.durations)} epochs, median {np.median(timer.durations):.1f}s per epoch"
+          + (f"; best epoch {stop.best_epoch + 1} restored" if stop.stopped_epoch else ""))
+
+    probabilities = model.predict(val_ds, verbose=0)
+    predicted = (probabilities[:, 0] >= 0.5).astype(int) if binary else probabilities.argmax(-1)
+    print("validation:\n" + str(classification_report(val.labels, predicted, label_names)))
+
+    text_model = models.with_preprocessor(model, vectorizer)
+    keras_path = os.path.join(args.export_dir, f"{args.name}.keras")
+    training.save_keras_atomically(text_model, keras_path)
+    print(f"saved {keras_path}")
+    version_path = export.export_saved_model(model, args.export_dir, args.name, preprocessor=vectorizer)
+    print(f"exported {version_path}")
+
+    serving = tf.saved_model.load(version_path).signatures["serving_default"]
+    outputs = serving(text=tf.constant(EXAMPLES))
+    print("predictions of the exported SavedModel (serving_default):")
+    for i, sentence in enumerate(EXAMPLES):
+        probability = outputs["probabilities"][i].numpy()
+        label = label_names[int(outputs["label"][i])]
+        shown = f"{probability:.3f}" if binary else np.array2string(probability, precision=3)
+        print(f"  {label:>10s}  {shown}  {sentence}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

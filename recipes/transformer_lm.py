@@ -1,0 +1,161 @@
+"""Train a GPT-style Transformer language model on text, sample from it, and export a text generator.
+
+Runs offline on the embedded sample corpus by default (a few minutes on 2 cores):
+
+    python recipes/transformer_lm.py
+    python recipes/transformer_lm.py --data input.txt --tokenizer char --max-length 64 \\
+        --d-model 128 --num-heads 4 --num-layers 4 --ff-dim 512 --batch-size 12 --max-steps 2000
+
+The model defaults are the documents' configuration (d_model 512, 8 heads, 4 layers,
+ff 2048, context 128). The learning rate warms up linearly, then decays with a cosine
+to --min-learning-rate; AdamW with weight decay on matrices only and global gradient
+clipping, as nanoGPT.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerazoo import data, export, generation, models, text, training
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    source = parser.add_argument_group("data")
+    source.add_argument("--data", nargs="+", metavar="PATH",
+                        help="UTF-8 text file(s) (default: the embedded sample corpus)")
+    source.add_argument("--validation-fraction", type=float, default=0.1,
+                        help="last fraction of the text held out (default: 0.1)")
+    source.add_argument("--tokenizer", choices=("char", "wordpiece"), default="char",
+                        help="(default: char)")
+    source.add_argument("--vocab-size", type=int, default=10000,
+                        help="WordPiece vocabulary size (default: 10000; char learns its own)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--max-length", type=int, default=128, help="context length (default: 128)")
+    model.add_argument("--d-model", type=int, default=512, help="(default: 512)")
+    model.add_argument("--num-heads", type=int, default=8, help="(default: 8)")
+    model.add_argument("--num-layers", type=int, default=4, help="(default: 4)")
+    model.add_argument("--ff-dim", type=int, default=2048, help="(default: 2048)")
+    model.add_argument("--dropout", type=float, default=0.0, help="(default: 0)")
+    fit = parser.add_argument_group("training")
+    fit.add_argument("--batch-size", type=int, default=16, help="(default: 16)")
+    fit.add_argument("--max-steps", type=int, default=300, help="(default: 300)")
+    fit.add_argument("--learning-rate", type=float, default=1e-3, help="peak rate (default: 1e-3)")
+    fit.add_argument("--min-learning-rate", type=float, default=1e-4, help="final rate (default: 1e-4)")
+    fit.add_argument("--warmup-steps", type=int, default=100, help="(default: 100)")
+    fit.add_argument("--weight-decay", type=float, default=0.1, help="(default: 0.1)")
+    fit.add_argument("--grad-clip", type=float, default=1.0, help="global norm; 0 = off (default: 1.0)")
+    fit.add_argument("--eval-interval", type=int, default=100, help="steps between evaluations (default: 100)")
+    fit.add_argument("--eval-batches", type=int, default=20, help="batches per loss estimate (default: 20)")
+    fit.add_argument("--precision", choices=("auto",) + training.PRECISIONS, default="auto",
+                     help="auto: whatever training.select_plan() finds fastest here (default)")
+    fit.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
+                     help="XLA for the train step (default: auto, from the plan)")
+    fit.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--prompt", default="The ", help="prompt for the samples printed at the end")
+    out.add_argument("--sample-tokens", type=int, default=200, help="tokens per sample (default: 200)")
+    out.add_argument("--export-dir", default="saved_models", help="(default: saved_models)")
+    out.add_argument("--name", default="transformer_lm",
+                     help="exports go to EXPORT_DIR/NAME/<version>/ (default: transformer_lm)")
+    out.add_argument("--no-export", action="store_true", help="skip saving and exporting")
+    args = parser.parse_args(argv)
+    for flag in ("max_length", "d_model", "num_heads", "num_layers", "ff_dim", "batch_size",
+                 "max_steps", "eval_interval", "eval_batches", "sample_tokens"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.max_steps % args.eval_interval:
+        parser.error("--max-steps must be a multiple of --eval-interval")
+    if not args.warmup_steps < args.max_steps:
+        parser.error("--warmup-steps must be < --max-steps")
+    if args.d_model % args.num_heads:
+        parser.error(f"--d-model {args.d_model} is not divisible by --num-heads {args.num_heads}")
+    return args
+
+
+def build_tokenizer(kind, train_text, vocab_size):
+    if kind == "char":
+        return text.CharTokenizer.learn([train_text])
+    return text.WordPieceTokenizer.learn(train_text.splitlines(), vocab_size=vocab_size)
+
+
+def encode(tokenizer, corpus):
+    """The whole corpus as one 1-D id array (line by line, so WordPiece sees lines)."""
+    if isinstance(tokenizer, text.CharTokenizer):
+        return tokenizer(tf.constant([corpus])).flat_values.numpy()
+    lines = [line for line in corpus.splitlines() if line.strip()]
+    return tokenizer(tf.constant(lines)).flat_values.numpy()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+    started = time.perf_counter()
+    corpus = data.read_text(args.data) if args.data else data.sample_corpus()
+    train_text, val_text = data.split_text(corpus, args.validation_fraction)
+    tokenizer = build_tokenizer(args.tokenizer, train_text, args.vocab_size)
+    train_ids, val_ids = encode(tokenizer, train_text), encode(tokenizer, val_text)
+    print(f"corpus: {len(corpus):,} characters from {', '.join(args.data) if args.data else 'the sample'}; "
+          f"{args.tokenizer} tokenizer, {tokenizer.vocabulary_size} tokens; "
+          f"train {train_ids.size:,} / validation {val_ids.size:,} tokens")
+    if val_ids.size <= args.max_length:
+        raise SystemExit(f"error: the validation split has {val_ids.size} tokens, fewer than "
+                         f"--max-length + 1 = {args.max_length + 1}; use more text or a shorter context")
+
+    jit = {"on": True, "off": False, "auto": "auto"}[args.jit_compile]
+    plan = training.select_plan(args.precision, jit_compile=jit)
+    print(f"plan: {plan.reason}")
+    with plan.policy_scope():
+        model = models.transformer_lm(tokenizer.vocabulary_size, args.max_length, args.d_model,
+                                      args.num_heads, args.num_layers, args.ff_dim, dropout=args.dropout)
+    schedule = training.warmup_cosine(args.learning_rate, args.warmup_steps, args.max_steps,
+                                      args.min_learning_rate)
+    optimizer = training.adamw(schedule, weight_decay=args.weight_decay,
+                               global_clipnorm=args.grad_clip or None)
+    training.compile_model(model, plan, optimizer=optimizer)
+    print(f"model: {model.count_params():,} parameters")
+
+    train_ds = data.lm_dataset(train_ids, args.max_length, args.batch_size, seed=args.seed)
+    val_ds = data.lm_dataset(val_ids, args.max_length, args.batch_size, seed=args.seed + 1)
+    progress = training.LanguageModelProgress(train_ds, val_ds, args.eval_interval,
+                                              args.batch_size * args.max_length, args.eval_batches)
+    model.fit(train_ds, epochs=args.max_steps // args.eval_interval, steps_per_epoch=args.eval_interval,
+              callbacks=[progress], verbose=0, shuffle=False)  # windows are drawn at random offsets
+    final = progress.history[-1]
+    print(f"done: {args.max_steps} steps, val loss {final['val_loss']:.4f} "
+          f"(perplexity {np.exp(final['val_loss']):.2f}), {time.perf_counter() - started:.1f}s in total")
+
+    prompt_ids = encode(tokenizer, args.prompt) if args.prompt else np.array([tokenizer.unk_id])
+    room = args.max_length - prompt_ids.size
+    if room < 1:
+        raise SystemExit(f"error: the prompt has {prompt_ids.size} tokens; the context holds {args.max_length}")
+    for strategy, options in (("greedy", {}), ("top_k", dict(top_k=10, seed=args.seed))):
+        ids = generation.generate(model, [prompt_ids], min(args.sample_tokens, room), strategy, **options)
+        print(f"--- sample ({strategy}) ---\n{tokenizer.detokenize(ids).numpy()[0].decode('utf-8', 'replace')}")
+
+    if args.no_export:
+        return 0
+    os.makedirs(args.export_dir, exist_ok=True)
+    keras_path = os.path.join(args.export_dir, f"{args.name}.keras")
+    training.save_keras_atomically(model, keras_path)
+    vocabulary_path = os.path.join(args.export_dir, f"{args.name}.vocabulary.json")
+    tokenizer.save_vocabulary(vocabulary_path)
+    print(f"saved {keras_path} and {vocabulary_path}")
+    version_path = export.export_text_generator(model, tokenizer, args.export_dir, args.name)
+    print(f"exported {version_path}")
+    serving = tf.saved_model.load(version_path).signatures["serving_default"]
+    outputs = serving(prompt=tf.constant([args.prompt]), max_new_tokens=tf.constant(min(40, room)))
+    print(f"exported generator, greedy: {json.dumps(outputs['text'].numpy()[0].decode('utf-8', 'replace'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
