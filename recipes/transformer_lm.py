@@ -63,6 +63,9 @@ def parse_args(argv=None):
     out = parser.add_argument_group("output")
     out.add_argument("--prompt", default="The ", help="prompt for the samples printed at the end")
     out.add_argument("--sample-tokens", type=int, default=200, help="tokens per sample (default: 200)")
+    out.add_argument("--serve-new-tokens", type=int,
+                     help="tokens the exported generator adds to a prompt (default: half the context, "
+                          "at most 64)")
     out.add_argument("--export-dir", default="saved_models", help="(default: saved_models)")
     out.add_argument("--name", default="transformer_lm",
                      help="exports go to EXPORT_DIR/NAME/<version>/ (default: transformer_lm)")
@@ -76,6 +79,10 @@ def parse_args(argv=None):
         parser.error("--max-steps must be a multiple of --eval-interval")
     if not args.warmup_steps < args.max_steps:
         parser.error("--warmup-steps must be < --max-steps")
+    if args.serve_new_tokens is None:
+        args.serve_new_tokens = min(64, args.max_length // 2)
+    if not 1 <= args.serve_new_tokens < args.max_length:
+        parser.error(f"--serve-new-tokens must be in [1, --max-length {args.max_length})")
     if args.d_model % args.num_heads:
         parser.error(f"--d-model {args.d_model} is not divisible by --num-heads {args.num_heads}")
     return args
@@ -149,10 +156,11 @@ def main(argv=None):
     vocabulary_path = os.path.join(args.export_dir, f"{args.name}.vocabulary.json")
     tokenizer.save_vocabulary(vocabulary_path)
     print(f"saved {keras_path} and {vocabulary_path}")
-    version_path = export.export_text_generator(model, tokenizer, args.export_dir, args.name)
+    version_path = export.export_text_generator(model, tokenizer, args.export_dir, args.name,
+                                                max_new_tokens=args.serve_new_tokens)
     print(f"exported {version_path}")
     serving = tf.saved_model.load(version_path).signatures["serving_default"]
-    outputs = serving(prompt=tf.constant([args.prompt]), max_new_tokens=tf.constant(min(40, room)))
+    outputs = serving(prompt=tf.constant([args.prompt]))
     print(f"exported generator, greedy: {json.dumps(outputs['text'].numpy()[0].decode('utf-8', 'replace'))}")
     return 0
 

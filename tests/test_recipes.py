@@ -1,7 +1,16 @@
-"""Recipes run end to end on tiny settings."""
+"""Recipes run end to end on tiny settings; the classifier's export serves like the Keras model."""
 
 import importlib.util
+import json
+import os
 import pathlib
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_only import run_tf_only
 
 RECIPES = pathlib.Path(__file__).resolve().parent.parent / "recipes"
 
@@ -17,3 +26,81 @@ def test_smoke_recipe_trains_saves_and_reloads(capsys):
     assert _load("smoke").main(["--steps", "4", "--batch-size", "4", "--max-length", "16"]) == 0
     out = capsys.readouterr().out
     assert "jit_compile=True" in out and "max |difference| = 0.00e+00" in out
+
+
+def test_lstm_classifier_recipe_end_to_end(tmp_path, capsys):
+    rows = [("a good film", 1), ("a great cast", 1), ("not good", 0), ("a bad plot", 0), ("dull", 0),
+            ("truly great", 1)] * 10
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows[:6]))
+    recipe = _load("lstm_classifier")
+    assert recipe.main(["--data", str(train), "--val-data", str(val), "--epochs", "1", "--vocab-size", "50",
+                        "--max-length", "12", "--export-dir", str(tmp_path / "out"), "--name", "tiny",
+                        "--verbose", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 60 texts" in out and "validation: 6 texts" in out
+    assert "confusion matrix" in out and "predictions of the exported SavedModel" in out
+    assert sorted(os.listdir(tmp_path / "out")) == ["tiny", "tiny.keras"]
+    assert os.listdir(tmp_path / "out" / "tiny") == ["1"]
+    assert sorted(os.listdir(tmp_path / "out" / "tiny" / "1")) == ["assets", "fingerprint.pb", "saved_model.pb",
+                                                                  "variables"]
+
+    strings = ["a good film", "", " ".join(["good"] * 10_000), "très bien 😀 日本語"]
+    keras_model = keras.models.load_model(tmp_path / "out" / "tiny.keras")
+    expected = keras_model.predict(tf.constant(strings), verbose=0)[:, 0]
+    result = run_tf_only(f"""
+        serving = tf.saved_model.load(newest_version({str(tmp_path / "out" / "tiny")!r})).signatures["serving_default"]
+        print(serving(text=tf.constant({strings!r}))["probabilities"].numpy().tolist())
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = np.array(json.loads(result.stdout.splitlines()[0]))
+    assert ((0 <= served) & (served <= 1)).all()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+def test_lstm_classifier_recipe_flags_are_checked(capsys):
+    recipe = _load("lstm_classifier")
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--epochs", "0"])
+    assert "--epochs must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--val-data needs --data"):
+        recipe.main(["--val-data", "x.tsv"])
+
+
+def test_transformer_lm_recipe_end_to_end(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat. the dog sat on the log.\n" * 40)
+    recipe = _load("transformer_lm")
+    assert recipe.main(["--data", str(corpus), "--max-length", "32", "--d-model", "32", "--num-heads", "2",
+                        "--num-layers", "1", "--ff-dim", "64", "--batch-size", "8", "--max-steps", "40",
+                        "--eval-interval", "20", "--warmup-steps", "5", "--eval-batches", "2",
+                        "--sample-tokens", "20", "--precision", "float32",
+                        "--export-dir", str(tmp_path / "out"), "--name", "lm"]) == 0
+    out = capsys.readouterr().out
+    assert "step    40:" in out and "val perplexity" in out and "tokens/s" in out
+    assert "--- sample (greedy) ---" in out and "exported generator, greedy:" in out
+    assert sorted(os.listdir(tmp_path / "out")) == ["lm", "lm.keras", "lm.vocabulary.json"]
+    losses = [float(line.split("val loss ")[1].split(",")[0]) for line in out.splitlines()
+              if line.startswith("step")]
+    assert losses[-1] < losses[0]
+
+
+def test_transformer_lm_recipe_wordpiece_and_errors(tmp_path, capsys):
+    recipe = _load("transformer_lm")
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--d-model", "30", "--num-heads", "4"])
+    assert "--d-model 30 is not divisible by --num-heads 4" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="the corpus is empty"):
+        recipe.main(["--data", str(empty)])
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 60)
+    assert recipe.main(["--data", str(corpus), "--tokenizer", "wordpiece", "--vocab-size", "60",
+                        "--max-length", "16", "--d-model", "16", "--num-heads", "2", "--num-layers", "1",
+                        "--ff-dim", "32", "--batch-size", "4", "--max-steps", "10", "--eval-interval", "5",
+                        "--warmup-steps", "2", "--eval-batches", "1", "--sample-tokens", "5",
+                        "--prompt", "the quick", "--no-export"]) == 0
+    assert "wordpiece tokenizer" in capsys.readouterr().out

@@ -1,0 +1,131 @@
+"""The `kerazoo` command: list recipes, inspect exported SavedModels, predict with them."""
+
+import argparse
+import ast
+import json
+import os
+import pathlib
+import sys
+
+RECIPES = pathlib.Path(__file__).resolve().parent.parent / "recipes"
+
+
+def main(argv=None):
+    """Entry point of the `kerazoo` console script.
+
+    Args:
+        argv: arguments (default: `sys.argv[1:]`).
+
+    Returns:
+        The exit status: 0, or 2 after a one-line error on stderr.
+    """
+    parser = argparse.ArgumentParser(prog="kerazoo", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser("predict", help="run an exported model's serving_default on texts",
+                                  description="Run serving_default of a SavedModel on texts and print "
+                                              "a table (or JSON).")
+    predict.add_argument("path", help="a model folder (EXPORT_DIR/NAME: its newest version) or a version folder")
+    predict.add_argument("texts", nargs="+", help="input strings; '-' reads one per line from stdin")
+    predict.add_argument("--json", action="store_true", help="print one JSON object per input")
+    inspect = commands.add_parser("inspect", help="show versions, signatures, inputs and outputs",
+                                  description="Show an export's versions and its signatures.")
+    inspect.add_argument("path", help="a model folder or a version folder")
+    commands.add_parser("recipes", help="list the runnable recipes", description="List the recipes.")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "recipes":
+            return _list_recipes()
+        if args.command == "inspect":
+            return _inspect(args.path)
+        return _predict(args.path, args.texts, args.json)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"kerazoo {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _list_recipes():
+    if not RECIPES.is_dir():
+        print(f"no recipes folder at {RECIPES} (recipes ship with the source checkout, not the wheel)")
+        return 0
+    for script in sorted(RECIPES.glob("*.py")):
+        docstring = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
+        print(f"{script.stem:20s} {docstring.splitlines()[0] if docstring else ''}")
+    print(f"\nrun one with: python {RECIPES.name}/<name>.py --help")
+    return 0
+
+
+def _version_path(path):
+    """(version folder, all versions) for a model folder or a version folder."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path!r} does not exist")
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path, None
+    versions = sorted(int(v) for v in os.listdir(path) if v.isdigit()) if os.path.isdir(path) else []
+    if not versions:
+        raise FileNotFoundError(f"{path!r} holds no saved_model.pb and no integer version folders")
+    return os.path.join(path, str(versions[-1])), versions
+
+
+def _load(path):
+    import tensorflow as tf
+
+    return tf.saved_model.load(path)
+
+
+def _inspect(path):
+    version_path, versions = _version_path(path)
+    if versions is not None:
+        print(f"versions: {', '.join(map(str, versions))} (TF Serving serves {versions[-1]})")
+    print(f"version folder: {version_path}")
+    loaded = _load(version_path)
+    for name, function in loaded.signatures.items():
+        print(f"signature {name!r}:")
+        for key, spec in function.structured_input_signature[1].items():
+            print(f"  input  {key}: {spec.dtype.name} {spec.shape.as_list()}")
+        for key, spec in function.structured_outputs.items():
+            print(f"  output {key}: {spec.dtype.name} {spec.shape.as_list()}")
+    return 0
+
+
+def _predict(path, texts, as_json):
+    import numpy as np
+    import tensorflow as tf
+
+    if texts == ["-"]:
+        texts = [line.rstrip("\n") for line in sys.stdin]
+    if not texts:
+        raise ValueError("no texts given")
+    version_path, _ = _version_path(path)
+    serving = _load(version_path).signatures["serving_default"]
+    (input_name,) = serving.structured_input_signature[1]
+    outputs = {k: v.numpy() for k, v in serving(**{input_name: tf.constant(texts)}).items()}
+
+    def cell(value):
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        value = np.asarray(value)
+        return value.item() if value.ndim == 0 else value.tolist()
+
+    rows = [{key: cell(outputs[key][i]) for key in sorted(outputs)} for i in range(len(texts))]
+    if as_json:
+        for text, row in zip(texts, rows):
+            print(json.dumps({input_name: text, **row}, ensure_ascii=False))
+        return 0
+    shown = [t if len(t) <= 50 else t[:47] + "..." for t in texts]
+    width = max(len(input_name), *(len(t) for t in shown))
+    print(f"{input_name:<{width}}  " + "  ".join(sorted(outputs)))
+    for text, row in zip(shown, rows):
+        print(f"{text:<{width}}  " + "  ".join(_format(row[key]) for key in sorted(outputs)))
+    return 0
+
+
+def _format(value):
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, list) and value and isinstance(value[0], float):
+        return "[" + ", ".join(f"{v:.4f}" for v in value) + "]"
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
