@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kerazoo import models, training
 
@@ -74,3 +75,19 @@ def test_adamw_decays_matrices_but_not_vectors():
     np.testing.assert_allclose(kernel[1], kernel[0] * (1 - 0.1 * 0.5), rtol=1e-6)
     for old, new in (bias, gamma, beta):
         np.testing.assert_array_equal(new, old)
+
+
+def test_xla_fusion_plan_trains_like_the_plain_bfloat16_plan(rng):
+    ids = rng.integers(0, 20, size=(8, 9))
+    losses = {}
+    for fusion in (False, True):
+        keras.utils.set_random_seed(5)
+        plan = training.TrainingPlan("mixed_bfloat16", False, "test", xla_fusion=fusion)
+        with plan.policy_scope():
+            model = _tiny_lm()
+        training.compile_model(model, plan, optimizer=training.adamw(1e-2))
+        assert tf.config.optimizer.get_jit() == ("autoclustering" if fusion else "")
+        losses[fusion] = model.fit(ids[:, :-1], ids[:, 1:], epochs=5, verbose=0).history["loss"]
+        tf.config.optimizer.set_jit(False)
+    np.testing.assert_allclose(losses[True], losses[False], rtol=2e-2)
+    assert losses[True][-1] < losses[True][0]
