@@ -24,7 +24,7 @@ class ClassificationReport:
     label_names: tuple
 
     def __str__(self):
-        width = max(len(n) for n in self.label_names) + 2
+        width = max(max(len(n) for n in self.label_names), len(str(self.confusion.max()))) + 2
         averaged = "class 1" if len(self.label_names) == 2 else "macro"
         lines = [f"accuracy {self.accuracy:.4f}   precision {self.precision:.4f}   "
                  f"recall {self.recall:.4f}   F1 {self.f1:.4f}  ({averaged})",
