@@ -104,3 +104,11 @@ def test_transformer_lm_recipe_wordpiece_and_errors(tmp_path, capsys):
                         "--warmup-steps", "2", "--eval-batches", "1", "--sample-tokens", "5",
                         "--prompt", "the quick", "--no-export"]) == 0
     assert "wordpiece tokenizer" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_lstm_classifier_learns_the_sample_corpus(tmp_path, capsys):
+    """The default recipe on the full embedded corpus: word order must be learned (about 20 s)."""
+    assert _load("lstm_classifier").main(["--export-dir", str(tmp_path), "--verbose", "0"]) == 0
+    accuracy = float(capsys.readouterr().out.split("validation:\naccuracy ")[1].split()[0])
+    assert accuracy >= 0.9
