@@ -28,7 +28,7 @@ from kerazoo.layers import TokenAndPositionEmbedding  # noqa: E402
 BASELINE = ("keras_mha", "float32", True, False)
 
 
-def keras_mha_lm(vocab_size, max_length, d_model, num_heads, num_layers, ff_dim):
+def keras_mha_lm(vocab_size, max_length, d_model, num_heads, num_layers, ff_dim, tie_embeddings=True):
     """kerazoo's transformer_lm with each block written from stock Keras layers (the baseline).
 
     Embedding, tied output projection and final norm are the same as
@@ -45,7 +45,10 @@ def keras_mha_lm(vocab_size, max_length, d_model, num_heads, num_layers, ff_dim)
         h = keras.layers.Dense(ff_dim, activation="gelu")(h)
         x = x + keras.layers.Dense(d_model)(h)
     x = keras.layers.LayerNormalization(epsilon=1e-5)(x)
-    x = embedding(x, reverse=True)  # tied embeddings, as transformer_lm's default
+    if tie_embeddings:
+        x = embedding(x, reverse=True)
+    else:
+        x = keras.layers.Dense(vocab_size, use_bias=False)(x)
     return keras.Model(token_ids, keras.layers.Activation("linear", dtype="float32")(x))
 
 
@@ -71,10 +74,12 @@ def matmul_peak(dtype, jit, size=2048, repeats=5):
 
 def flops_per_token(model, config):
     """Training FLOPs per token: 6 x matmul parameters + attention (PaLM appendix B: 12 L s d)."""
-    # The token table is used once as a lookup (free) and once as the tied
-    # output projection (a matmul); the position table only as a lookup.
-    position_params = config["max_length"] * config["d_model"]
-    matmul_params = model.count_params() - position_params
+    # Tables used only as lookups cost no FLOPs; a tied token table is also
+    # the output projection (a matmul).
+    lookup_params = config["max_length"] * config["d_model"]  # position table
+    if not config["tie_embeddings"]:
+        lookup_params += config["vocab_size"] * config["d_model"]  # token table, lookup only
+    matmul_params = model.count_params() - lookup_params
     return 6 * matmul_params + 12 * config["num_layers"] * config["max_length"] * config["d_model"]
 
 
@@ -90,9 +95,12 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed steps per repeat (default: 5)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; medians reported (default: 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling (default: 3)")
+    parser.add_argument("--untied", action="store_true",
+                        help="separate output projection instead of tied embeddings (both models)")
     args = parser.parse_args()
     config = dict(vocab_size=args.vocab_size, max_length=args.seq, d_model=args.d_model,
-                  num_heads=args.num_heads, num_layers=args.num_layers, ff_dim=args.ff_dim)
+                  num_heads=args.num_heads, num_layers=args.num_layers, ff_dim=args.ff_dim,
+                  tie_embeddings=not args.untied)
     print(f"config: {config}, batch {args.batch_size}")
 
     plan = training.select_plan()
