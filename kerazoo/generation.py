@@ -17,7 +17,7 @@ _compiled = weakref.WeakKeyDictionary()  # model -> {(strategy, jit_compile): de
 
 
 def generate(model, prompt_ids, max_new_tokens, strategy="greedy", temperature=1.0, top_k=None,
-             top_p=None, stop_token=None, seed=None, pad_id=0, jit_compile=True):
+             top_p=None, stop_token=None, seed=None, pad_id=0, prompt_padding=None, jit_compile=True):
     """Continues each prompt by up to `max_new_tokens` tokens.
 
     The prompts are run through the model once to fill a key/value cache;
@@ -33,7 +33,8 @@ def generate(model, prompt_ids, max_new_tokens, strategy="greedy", temperature=1
         model: a model from `kerazoo.models.transformer_lm` (its layers are
             used directly: no second copy of the weights).
         prompt_ids: a list of token-id sequences (lengths may differ) or a
-            `(batch, prompt_len)` int array.
+            `(batch, prompt_len)` int array (padded with `pad_id` on the side
+            that `prompt_padding` names).
         max_new_tokens: tokens to add to each prompt (>= 1).
         strategy: "greedy" (argmax), "sample" (softmax sampling at
             `temperature`), "top_k" (sample among the `top_k` most likely) or
@@ -45,6 +46,8 @@ def generate(model, prompt_ids, max_new_tokens, strategy="greedy", temperature=1
         stop_token: a row ends after generating this id.
         seed: int for reproducible sampling (None: a fresh random seed).
         pad_id: fills each row after its end.
+        prompt_padding: None (every id is part of the prompt), "left" or
+            "right": `pad_id`s on that side of each prompt are padding.
         jit_compile: compile the loop with XLA.
 
     Returns:
@@ -60,7 +63,7 @@ def generate(model, prompt_ids, max_new_tokens, strategy="greedy", temperature=1
     (2, 8)
     """
     embedding, blocks = _decoder_layers(model)
-    prompts = _as_prompt_list(prompt_ids, embedding.vocab_size)
+    prompts = _as_prompt_list(prompt_ids, embedding.vocab_size, prompt_padding, pad_id)
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"`max_new_tokens` must be an integer >= 1; received {max_new_tokens!r}.")
     lengths = np.array([len(p) for p in prompts], dtype=np.int32)
@@ -210,11 +213,17 @@ def _decoder_layers(model):
     return embedding, blocks
 
 
-def _as_prompt_list(prompt_ids, vocab_size):
+def _as_prompt_list(prompt_ids, vocab_size, padding, pad_id):
+    if padding not in (None, "left", "right"):
+        raise ValueError(f"`prompt_padding` must be None, 'left' or 'right'; received {padding!r}.")
     prompts = [np.asarray(p, dtype=np.int64).ravel() for p in prompt_ids]
     if not prompts:
         raise ValueError("`prompt_ids` is empty: give at least one prompt.")
     for row, prompt in enumerate(prompts):
+        if padding:
+            real = np.flatnonzero(prompt != pad_id)
+            prompt = prompts[row] = (prompt[real[0]:] if padding == "left" else prompt[:real[-1] + 1]
+                                     ) if real.size else prompt[:0]
         if prompt.size == 0:
             raise ValueError(f"prompt {row} is empty: every prompt needs at least one token.")
         if prompt.min() < 0 or prompt.max() >= vocab_size:

@@ -85,14 +85,20 @@ def test_multiclass_export_returns_class_probabilities(tmp_path):
 
 def test_no_function_is_marked_for_xla(tmp_path, classifier):
     model, vectorizer = classifier
-    path = export.export_saved_model(model, tmp_path, "m", preprocessor=vectorizer)
-    proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString(open(os.path.join(path, "saved_model.pb"), "rb").read())
-    functions = proto.meta_graphs[0].graph_def.library.function
-    assert functions
-    for function in functions:
-        attr = function.attr.get("_XlaMustCompile")
-        assert attr is None or not attr.b, function.signature.name
+    tokenizer = text.CharTokenizer.learn(["abc"])
+    lm = models.transformer_lm(tokenizer.vocabulary_size, max_length=8, d_model=8, num_heads=2, num_layers=1,
+                               ff_dim=16)
+    generation.generate(lm, [[2]], 3)  # the XLA-compiled decoder exists; the export must not use it
+    paths = [export.export_saved_model(model, tmp_path, "m", preprocessor=vectorizer),
+             export.export_text_generator(lm, tokenizer, tmp_path, "lm", max_new_tokens=4)]
+    for path in paths:
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString(open(os.path.join(path, "saved_model.pb"), "rb").read())
+        functions = proto.meta_graphs[0].graph_def.library.function
+        assert functions
+        for function in functions:
+            attr = function.attr.get("_XlaMustCompile")
+            assert attr is None or not attr.b, function.signature.name
 
 
 def test_versions_and_interrupted_exports(tmp_path, classifier, monkeypatch):

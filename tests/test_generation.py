@@ -36,6 +36,30 @@ def test_greedy_with_cache_equals_naive_recomputation(lm, jit_compile):
         assert (row[len(expected):] == 0).all()
 
 
+def test_left_and_right_padded_prompt_arrays(lm):
+    ragged = generation.generate(lm, [[5, 6, 7], [9]], 4)
+    left = generation.generate(lm, np.array([[5, 6, 7], [0, 0, 9]]), 4, prompt_padding="left")
+    right = generation.generate(lm, np.array([[5, 6, 7], [9, 0, 0]]), 4, prompt_padding="right")
+    assert (left == ragged).all() and (right == ragged).all()
+    with pytest.raises(ValueError, match="prompt_padding.*'middle'"):
+        generation.generate(lm, [[1]], 2, prompt_padding="middle")
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        generation.generate(lm, np.array([[0, 0]]), 2, prompt_padding="left")
+
+
+def test_lm_overfits_a_tiny_corpus_with_xla():
+    keras.utils.set_random_seed(0)
+    model = models.transformer_lm(vocab_size=12, max_length=16, d_model=32, num_heads=2, num_layers=2,
+                                  ff_dim=64)
+    training.compile_model(model, training.TrainingPlan("float32", True, "test"),
+                           optimizer=training.adamw(3e-3, weight_decay=0.0))
+    sequence = np.array([[1, 5, 3, 9, 2, 7, 4, 11, 6, 10, 8, 3, 5, 2, 9, 1, 7]])
+    history = model.fit(sequence[:, :-1], sequence[:, 1:], epochs=150, verbose=0)
+    assert model.jit_compile is True and history.history["loss"][-1] < 0.05
+    # And it then reproduces the sequence from its first token.
+    assert generation.generate(model, sequence[:, :1], 15)[0].tolist() == sequence[0, :16].tolist()
+
+
 def test_cached_logits_equal_full_forward_logits(lm):
     ids = np.array([[4, 9, 1, 33, 7, 7, 20, 5]])
     full = np.asarray(lm(ids))
