@@ -57,21 +57,6 @@ def set_xla_fusion(enabled):
     tf.config.optimizer.set_jit("autoclustering" if enabled else False)
 
 
-def matmul_peak(dtype, jit, size=2048, repeats=5):
-    """Median GFLOP/s of a square matmul."""
-    a = tf.cast(tf.random.normal((size, size)), dtype)
-    matmul = tf.function(lambda m: tf.matmul(m, m), jit_compile=jit, autograph=False)
-    matmul(a).numpy()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(4):
-            out = matmul(a)
-        out.numpy()
-        samples.append(4 * 2 * size ** 3 / (time.perf_counter() - start) / 1e9)
-    return statistics.median(samples)
-
-
 def flops_per_token(model, config):
     """Training FLOPs per token: 6 x matmul parameters + attention (PaLM appendix B: 12 L s d)."""
     # Tables used only as lookups cost no FLOPs; a tied token table is also
@@ -105,7 +90,7 @@ def main():
 
     plan = training.select_plan()
     print(f"training.select_plan(): {plan.reason}")
-    peaks = {(p, j): matmul_peak(tf.float32 if p == "float32" else tf.bfloat16, j)
+    peaks = {(p, j): training.matmul_gflops(tf.float32 if p == "float32" else tf.bfloat16, j)
              for p in ("float32", "mixed_bfloat16") for j in (True, False)}
     for (p, j), gflops in peaks.items():
         print(f"matmul peak {p:15s} XLA={str(j):5s} {gflops:7.0f} GFLOP/s")

@@ -124,21 +124,33 @@ def cpu_bfloat16_speedup(size=1024, repeats=5):
     Returns:
         float, > 1 when bfloat16 (oneDNN) is faster.
     """
-    a = tf.random.normal((size, size))
-    timings = {}
-    for dtype, jit in ((tf.float32, True), (tf.bfloat16, False)):
-        x = tf.cast(a, dtype)
-        matmul = tf.function(lambda m: tf.matmul(m, m), jit_compile=jit, autograph=False)
-        matmul(x).numpy()  # compile
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(4):
-                result = matmul(x)
-            result.numpy()
-            samples.append(time.perf_counter() - start)
-        timings[dtype] = statistics.median(samples)
-    return timings[tf.float32] / timings[tf.bfloat16]
+    return (matmul_gflops(tf.bfloat16, False, size, repeats) /
+            matmul_gflops(tf.float32, True, size, repeats))
+
+
+def matmul_gflops(dtype, jit_compile, size=2048, repeats=5):
+    """Median GFLOP/s of a square matmul (4 back to back per sample).
+
+    Args:
+        dtype: a TensorFlow float dtype.
+        jit_compile: whether the matmul runs under XLA.
+        size: side of the square matrices.
+        repeats: timed samples.
+
+    Returns:
+        float.
+    """
+    a = tf.cast(tf.random.normal((size, size)), dtype)
+    matmul = tf.function(lambda m: tf.matmul(m, m), jit_compile=jit_compile, autograph=False)
+    matmul(a).numpy()  # trace and compile
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(4):
+            result = matmul(a)
+        result.numpy()
+        samples.append(4 * 2 * size ** 3 / (time.perf_counter() - start) / 1e9)
+    return statistics.median(samples)
 
 
 def adamw(learning_rate=1e-3, weight_decay=0.1, beta_1=0.9, beta_2=0.99, global_clipnorm=None):
