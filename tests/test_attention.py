@@ -121,3 +121,16 @@ def test_bad_padding_mask_and_arguments_are_clear_errors():
         MultiHeadSelfAttention(0)
     with pytest.raises(ValueError, match="dropout=1.5"):
         MultiHeadSelfAttention(2, dropout=1.5)
+
+
+def test_cache_misuse_is_a_clear_error():
+    layer = MultiHeadSelfAttention(2, causal=True)
+    x = np.zeros((1, 1, 8), "float32")
+    layer(x)
+    cache = layer.empty_cache(1, 4)
+    with pytest.raises(ValueError, match="cache_index"):
+        layer(x, cache=cache)
+    with pytest.raises(ValueError, match="padding masks are not supported with a cache"):
+        layer(x, cache=cache, cache_index=0, padding_mask=np.ones((1, 1)))
+    with pytest.raises(ValueError, match="only meaningful for causal"):
+        MultiHeadSelfAttention(2)(x, cache=cache, cache_index=0)

@@ -97,7 +97,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         # One transpose for all three: (3, batch, heads, seq, head_dim).
         query, key, value = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
         if cache is not None:
-            self._check_cache_call(cache_index, return_attention_scores)
+            self._check_cache_call(cache_index, return_attention_scores, padding_mask)
             # Write this step's keys and values at cache_index; attend over the whole cache.
             cache = ops.slice_update(cache, (0, 0, 0, cache_index, 0),
                                      ops.cast(ops.stack([key, value], axis=1), cache.dtype))
@@ -132,7 +132,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         return ops.zeros((batch_size, 2, self.num_heads, max_length, self._head_dim),
                          dtype=dtype or self.compute_dtype)
 
-    def _check_cache_call(self, cache_index, return_attention_scores):
+    def _check_cache_call(self, cache_index, return_attention_scores, padding_mask):
         if not self.causal:
             raise ValueError(f"{self.name}: a key/value cache is only meaningful for causal "
                              "attention (causal=True).")
@@ -141,6 +141,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
                              "is required with `cache`.")
         if return_attention_scores:
             raise ValueError(f"{self.name}: return_attention_scores is not supported with a cache.")
+        if padding_mask is not None:
+            raise ValueError(f"{self.name}: padding masks are not supported with a cache; decode each "
+                             "sequence from its own positions (see kerazoo.generation).")
 
     def _masked_softmax(self, scores, padding_mask, query_offset=None):
         """Softmax over keys, masked keys set to -1e9; float16 scores go through float32.
