@@ -73,6 +73,8 @@ def generate(model, prompt_ids, max_new_tokens, strategy="greedy", temperature=1
             f"prompt length {int(lengths.max())} + max_new_tokens {max_new_tokens} = {total} exceeds "
             f"the model's max_length={embedding.max_length}.")
     sampling = _check_sampling(strategy, temperature, top_k, top_p)
+    if top_k is not None and top_k > embedding.vocab_size:
+        raise ValueError(f"`top_k`={top_k} exceeds the vocabulary size {embedding.vocab_size}.")
     buffer_length = min(embedding.max_length, -(-total // LENGTH_BUCKET) * LENGTH_BUCKET)
     ids = np.full((len(prompts), buffer_length), pad_id, dtype=np.int32)
     for row, prompt in enumerate(prompts):

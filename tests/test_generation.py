@@ -146,6 +146,7 @@ def test_other_prompt_lengths_reuse_the_compiled_loop(lm):
     (dict(strategy="top_k"), "top_k. goes with strategy='top_k'"),
     (dict(strategy="top_p", top_p=1.5), r"top_p. must be in \(0, 1\]"),
     (dict(strategy="sample", temperature=0), "temperature. must be > 0"),
+    (dict(strategy="top_k", top_k=41), "top_k.=41 exceeds the vocabulary size 40"),
 ])
 def test_bad_arguments_are_clear_errors(lm, kwargs, message):
     arguments = dict(prompt_ids=[[1, 2]], max_new_tokens=3) | kwargs
