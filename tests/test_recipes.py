@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kerazoo import data
 from tf_only import run_tf_only
 
 RECIPES = pathlib.Path(__file__).resolve().parent.parent / "recipes"
@@ -62,6 +63,12 @@ def test_lstm_classifier_recipe_end_to_end(tmp_path, capsys):
 
 def test_lstm_classifier_recipe_flags_are_checked(capsys):
     recipe = _load("lstm_classifier")
+    split = lambda names: data.LabeledText(["a"], np.zeros(1, np.int64), names)  # noqa: E731
+    assert recipe.classes_of(split(("0", "1")), split(("0",))) == ["0", "1"]
+    with pytest.raises(SystemExit, match=r"training labels \['arts', 'news'\] differ"):
+        recipe.classes_of(split(("arts", "news")), split(("news",)))
+    with pytest.raises(SystemExit, match="single class"):
+        recipe.classes_of(split(("0",)), split(("0",)))
     with pytest.raises(SystemExit):
         recipe.parse_args(["--epochs", "0"])
     assert "--epochs must be >= 1" in capsys.readouterr().err

@@ -124,7 +124,7 @@ def load_labeled_text(path, text_column=None, label_column=None, format=None, bi
         texts.append(str(record[text_key] or "").strip())
         raw_labels.append(label)
     labels, label_names = _label_ids(raw_labels)
-    if binary and set(labels.tolist()) - {0, 1} or binary and len(label_names) != 2:
+    if binary and (set(labels.tolist()) - {0, 1} or len(label_names) != 2):
         raise ValueError(f"{path!r}: binary labels (0/1) were asked for, but the labels are "
                          f"{list(label_names)}.")
     return LabeledText(texts, labels, label_names, skipped, path)
