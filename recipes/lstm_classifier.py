@@ -12,15 +12,13 @@ label, is_sarcastic, sentiment (override with --text-column / --label-column).
 """
 
 import argparse
-import os
 import sys
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from kerazoo import data, export, models, text, training
+from kerazoo import data, export, models, nonfinite, recipe_flags, text, training
 from kerazoo.evaluation import classification_report
 
 EXAMPLES = [
@@ -74,17 +72,20 @@ def parse_args(argv=None):
                      help="model name: exports go to EXPORT_DIR/NAME/<version>/ (default: lstm_classifier)")
     out.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                      help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
-    args = parser.parse_args(argv)
-    for flag in ("vocab_size", "max_length", "embedding_dim", "lstm_units", "epochs", "batch_size"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
-    if not 0.0 < args.validation_split < 1.0:
-        parser.error("--validation-split must be between 0 and 1")
-    if not 0.0 <= args.dropout < 1.0:
-        parser.error("--dropout must be in [0, 1)")
-    if args.vocab_size < 3:
-        parser.error("--vocab-size must be >= 3 (padding, OOV and one word)")
-    return args
+    return recipe_flags.parse_args(parser, argv, check_flags)
+
+
+def check_flags(args):
+    """Everything the flags alone decide, checked before any data is read (see `kerazoo.recipe_flags`)."""
+    recipe_flags.positive(args, "vocab_size", "max_length", "embedding_dim", "lstm_units", "epochs",
+                          "batch_size")
+    recipe_flags.in_range(args, "vocab_size", low=3)  # padding, OOV and one word
+    recipe_flags.in_range(args, "validation_split", 0, 1, low_open=True, high_open=True)
+    recipe_flags.in_range(args, "dropout", 0, 1, high_open=True)
+    recipe_flags.in_range(args, "learning_rate", low=0, low_open=True)
+    recipe_flags.in_range(args, "patience", low=0)
+    recipe_flags.in_range(args, "seed", 0, 2 ** 32 - 1)
+    args.outputs = recipe_flags.export_destination(args.export_dir, args.name)
 
 
 def load_data(args):
@@ -157,13 +158,15 @@ def main(argv=None):
     print(f"plan: {plan.reason}")
     model.summary(print_fn=lambda line, **_: print(line))
 
-    timer = training.EpochTimer()
+    timer, guard = training.EpochTimer(), nonfinite.NonFiniteGuard()
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
                                          restore_best_weights=True, verbose=1)
     val_ds = dataset(val, vectorizer, args.batch_size)
     model.fit(dataset(train, vectorizer, args.batch_size, shuffle_seed=args.seed),
-              validation_data=val_ds, epochs=args.epochs, callbacks=[stop, timer], verbose=args.verbose,
-              shuffle=False)  # the dataset reshuffles itself every epoch
+              validation_data=val_ds, epochs=args.epochs, callbacks=[guard, stop, timer],
+              verbose=args.verbose, shuffle=False)  # the dataset reshuffles itself every epoch
+    with recipe_flags.exit_on(FloatingPointError):
+        guard.check(model)
     print(f"trained {len(timer.durations)} epochs, median {np.median(timer.durations):.1f}s per epoch"
           + (f"; best epoch {stop.best_epoch + 1} restored" if stop.stopped_epoch else ""))
 
@@ -172,7 +175,7 @@ def main(argv=None):
     print("validation:\n" + str(classification_report(val.labels, predicted, label_names)))
 
     text_model = models.with_preprocessor(model, vectorizer)
-    keras_path = os.path.join(args.export_dir, f"{args.name}.keras")
+    keras_path = args.outputs[".keras"]
     training.save_keras_atomically(text_model, keras_path)
     print(f"saved {keras_path}")
     version_path = export.export_saved_model(model, args.export_dir, args.name, preprocessor=vectorizer)

@@ -15,7 +15,7 @@ import time
 import keras
 import numpy as np
 
-from kerazoo import models, training
+from kerazoo import models, recipe_flags, training
 
 # A few lines written for this project, learned character by character.
 SAMPLE_TEXT = (
@@ -33,13 +33,14 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--precision", default="float32", choices=training.PRECISIONS,
                         help="dtype policy (default: float32; XLA is used with float32)")
-    args = parser.parse_args(argv)
-    for flag in ("steps", "batch_size", "max_length"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
-    if args.max_length >= len(SAMPLE_TEXT):
-        parser.error(f"--max-length must be < {len(SAMPLE_TEXT)} (the sample text length)")
-    return args
+    return recipe_flags.parse_args(parser, argv, check_flags)
+
+
+def check_flags(args):
+    """The flags, checked before training (see `kerazoo.recipe_flags`)."""
+    recipe_flags.positive(args, "steps", "batch_size", "max_length")
+    recipe_flags.in_range(args, "max_length", high=len(SAMPLE_TEXT), high_open=True)  # the sample's length
+    recipe_flags.in_range(args, "seed", 0, 2 ** 32 - 1)
 
 
 def main(argv=None):

@@ -15,7 +15,6 @@ clipping, as nanoGPT.
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -23,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerazoo import data, export, generation, models, text, training
+from kerazoo import data, export, generation, models, nonfinite, recipe_flags, text, training
 
 
 def parse_args(argv=None):
@@ -65,6 +64,9 @@ def parse_args(argv=None):
     out = parser.add_argument_group("output")
     out.add_argument("--prompt", default="The ", help="prompt for the samples printed at the end")
     out.add_argument("--sample-tokens", type=int, default=200, help="tokens per sample (default: 200)")
+    out.add_argument("--top-k", type=int,
+                     help="the second sample draws from the K most likely tokens; at most the "
+                          "vocabulary size (default: 10, or the vocabulary size if smaller)")
     out.add_argument("--serve-new-tokens", type=int,
                      help="tokens the exported generator adds to a prompt (default: half the context, "
                           "at most 64)")
@@ -72,22 +74,33 @@ def parse_args(argv=None):
     out.add_argument("--name", default="transformer_lm",
                      help="exports go to EXPORT_DIR/NAME/<version>/ (default: transformer_lm)")
     out.add_argument("--no-export", action="store_true", help="skip saving and exporting")
-    args = parser.parse_args(argv)
-    for flag in ("max_length", "d_model", "num_heads", "num_layers", "ff_dim", "batch_size",
-                 "max_steps", "eval_interval", "eval_batches", "sample_tokens"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    return recipe_flags.parse_args(parser, argv, check_flags)
+
+
+def check_flags(args):
+    """Everything the flags alone decide, checked before any data is read (see `kerazoo.recipe_flags`)."""
+    recipe_flags.positive(args, "vocab_size", "max_length", "d_model", "num_heads", "num_layers", "ff_dim",
+                          "batch_size", "max_steps", "eval_interval", "eval_batches", "sample_tokens")
+    if args.top_k is not None:
+        recipe_flags.positive(args, "top_k")
+    recipe_flags.in_range(args, "validation_fraction", 0, 1, low_open=True, high_open=True)
+    recipe_flags.in_range(args, "dropout", 0, 1, high_open=True)
+    recipe_flags.in_range(args, "learning_rate", low=0, low_open=True)
+    recipe_flags.in_range(args, "min_learning_rate", 0, args.learning_rate)
+    recipe_flags.in_range(args, "warmup_steps", 0, args.max_steps, high_open=True)
+    recipe_flags.in_range(args, "weight_decay", low=0)
+    recipe_flags.in_range(args, "grad_clip", low=0)
+    recipe_flags.in_range(args, "seed", 0, 2 ** 31 - 2)  # the validation windows use seed + 1
     if args.max_steps % args.eval_interval:
-        parser.error("--max-steps must be a multiple of --eval-interval")
-    if not args.warmup_steps < args.max_steps:
-        parser.error("--warmup-steps must be < --max-steps")
+        raise ValueError(f"--max-steps {args.max_steps} must be a multiple of --eval-interval "
+                         f"{args.eval_interval}")
     if args.serve_new_tokens is None:
         args.serve_new_tokens = min(64, args.max_length // 2)
-    if not 1 <= args.serve_new_tokens < args.max_length:
-        parser.error(f"--serve-new-tokens must be in [1, --max-length {args.max_length})")
+    recipe_flags.in_range(args, "serve_new_tokens", 1, args.max_length, high_open=True)
     if args.d_model % args.num_heads:
-        parser.error(f"--d-model {args.d_model} is not divisible by --num-heads {args.num_heads}")
-    return args
+        raise ValueError(f"--d-model {args.d_model} is not divisible by --num-heads {args.num_heads}")
+    args.outputs = None if args.no_export else recipe_flags.export_destination(
+        args.export_dir, args.name, suffixes=(".keras", ".vocabulary.json"))
 
 
 def build_tokenizer(kind, train_text, vocab_size):
@@ -118,6 +131,12 @@ def main(argv=None):
     if val_ids.size <= args.max_length:
         raise SystemExit(f"error: the validation split has {val_ids.size} tokens, fewer than "
                          f"--max-length + 1 = {args.max_length + 1}; use more text or a shorter context")
+    # The samples at the end must not fail after a whole run: check their settings now.
+    prompt_ids = encode(tokenizer, args.prompt) if args.prompt else np.array([tokenizer.unk_id])
+    top_k = args.top_k or min(10, tokenizer.vocabulary_size)
+    with recipe_flags.exit_on(ValueError):
+        recipe_flags.top_k_within(top_k, tokenizer.vocabulary_size)
+        sample_tokens = recipe_flags.room_for_prompt(prompt_ids.size, args.sample_tokens, args.max_length)
 
     jit = {"on": True, "off": False, "auto": "auto"}[args.jit_compile]
     plan = training.select_plan(args.precision, jit_compile=jit)
@@ -134,28 +153,25 @@ def main(argv=None):
 
     train_ds = data.lm_dataset(train_ids, args.max_length, args.batch_size, seed=args.seed)
     val_ds = data.lm_dataset(val_ids, args.max_length, args.batch_size, seed=args.seed + 1)
+    guard = nonfinite.NonFiniteGuard()
     progress = training.LanguageModelProgress(train_ds, val_ds, args.eval_interval,
                                               args.batch_size * args.max_length, args.eval_batches)
     model.fit(train_ds, epochs=args.max_steps // args.eval_interval, steps_per_epoch=args.eval_interval,
-              callbacks=[progress], verbose=0, shuffle=False)  # windows are drawn at random offsets
+              callbacks=[guard, progress], verbose=0, shuffle=False)  # windows are drawn at random offsets
+    with recipe_flags.exit_on(FloatingPointError):
+        guard.check(model)
     final = progress.history[-1]
     print(f"done: {args.max_steps} steps, val loss {final['val_loss']:.4f} "
           f"(perplexity {np.exp(final['val_loss']):.2f}), {time.perf_counter() - started:.1f}s in total")
 
-    prompt_ids = encode(tokenizer, args.prompt) if args.prompt else np.array([tokenizer.unk_id])
-    room = args.max_length - prompt_ids.size
-    if room < 1:
-        raise SystemExit(f"error: the prompt has {prompt_ids.size} tokens; the context holds {args.max_length}")
-    for strategy, options in (("greedy", {}), ("top_k", dict(top_k=10, seed=args.seed))):
-        ids = generation.generate(model, [prompt_ids], min(args.sample_tokens, room), strategy, **options)
+    for strategy, options in (("greedy", {}), ("top_k", dict(top_k=top_k, seed=args.seed))):
+        ids = generation.generate(model, [prompt_ids], sample_tokens, strategy, **options)
         print(f"--- sample ({strategy}) ---\n{tokenizer.detokenize(ids).numpy()[0].decode('utf-8', 'replace')}")
 
     if args.no_export:
         return 0
-    os.makedirs(args.export_dir, exist_ok=True)
-    keras_path = os.path.join(args.export_dir, f"{args.name}.keras")
+    keras_path, vocabulary_path = args.outputs[".keras"], args.outputs[".vocabulary.json"]
     training.save_keras_atomically(model, keras_path)
-    vocabulary_path = os.path.join(args.export_dir, f"{args.name}.vocabulary.json")
     tokenizer.save_vocabulary(vocabulary_path)
     print(f"saved {keras_path} and {vocabulary_path}")
     version_path = export.export_text_generator(model, tokenizer, args.export_dir, args.name,

@@ -71,7 +71,7 @@ def test_lstm_classifier_recipe_flags_are_checked(capsys):
         recipe.classes_of(split(("0",)), split(("0",)))
     with pytest.raises(SystemExit):
         recipe.parse_args(["--epochs", "0"])
-    assert "--epochs must be >= 1" in capsys.readouterr().err
+    assert "error: --epochs must be an integer >= 1; received 0" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--val-data needs --data"):
         recipe.main(["--val-data", "x.tsv"])
 
@@ -119,3 +119,62 @@ def test_lstm_classifier_learns_the_sample_corpus(tmp_path, capsys):
     assert _load("lstm_classifier").main(["--export-dir", str(tmp_path), "--verbose", "0"]) == 0
     accuracy = float(capsys.readouterr().out.split("validation:\naccuracy ")[1].split()[0])
     assert accuracy >= 0.9
+
+
+def _tiny_classifier_files(tmp_path):
+    rows = [("a good film", 1), ("a great cast", 1), ("not good", 0), ("a bad plot", 0), ("dull", 0),
+            ("truly great", 1)] * 10
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+    return ["--data", str(train), "--vocab-size", "50", "--max-length", "12", "--verbose", "0"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--name", "../escape"], "--name must be a single folder name"),
+    (["--name", "."], "--name must be a single folder name"),
+    (["--name", "a/b"], "--name must be a single folder name"),
+    (["--name", ""], "--name must be a single folder name"),
+    (["--learning-rate", "nan"], "--learning-rate must be a finite number in (0, inf]; received nan"),
+    (["--learning-rate", "-1"], "--learning-rate must be a finite number in (0, inf]; received -1.0"),
+    (["--export-dir", "FILE"], "--export-dir '{tmp}/FILE' is not a directory"),
+])
+def test_lstm_classifier_recipe_rejects_bad_flags_before_reading_data(tmp_path, capsys, flags, message):
+    (tmp_path / "FILE").write_text("x")
+    flags = [flag.replace("FILE", str(tmp_path / "FILE")) for flag in flags]
+    export_dir = [] if "--export-dir" in flags else ["--export-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        _load("lstm_classifier").main(["--data", str(tmp_path / "missing.tsv"), *export_dir, *flags])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "error: " + message.format(tmp=tmp_path) in captured.err and captured.out == ""
+    assert sorted(os.listdir(tmp_path)) == ["FILE"]
+
+
+def test_lstm_classifier_recipe_does_not_export_a_diverged_model(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(SystemExit, match=r"^error: training diverged \(loss = nan at epoch 1, step \d+\); "
+                                         r"stopped there, and nothing was saved or exported"):
+        _load("lstm_classifier").main(_tiny_classifier_files(tmp_path) + [
+            "--epochs", "3", "--learning-rate", "1e38", "--export-dir", str(out)])
+    assert os.listdir(out) == []
+
+
+def test_transformer_lm_recipe_checks_sampling_before_training(tmp_path, capsys):
+    corpus = tmp_path / "ab.txt"
+    corpus.write_text("abba baab " * 60)  # 3 symbols
+    small = ["--data", str(corpus), "--max-length", "8", "--d-model", "8", "--num-heads", "1", "--num-layers",
+             "1", "--ff-dim", "8", "--batch-size", "2", "--max-steps", "2", "--eval-interval", "1",
+             "--warmup-steps", "0", "--eval-batches", "1", "--sample-tokens", "3", "--precision", "float32",
+             "--export-dir", str(tmp_path / "out")]
+    recipe = _load("transformer_lm")
+    with pytest.raises(SystemExit, match=r"^error: --top-k must be an integer in \[1, 5\] \(the vocabulary "
+                                         r"size\); received 10$"):
+        recipe.main(small + ["--top-k", "10"])
+    with pytest.raises(SystemExit, match=r"^error: --prompt has 8 tokens, which leaves no room in the "
+                                         r"8-token context \(--max-length\)"):
+        recipe.main(small + ["--prompt", "abbaabba"])
+    assert "step" not in capsys.readouterr().out  # nothing trained
+    assert sorted(os.listdir(tmp_path)) == ["ab.txt"]
+    assert recipe.main(small + ["--prompt", "ab", "--no-export"]) == 0  # top-k defaults to the vocabulary
+    assert "--- sample (top_k) ---" in capsys.readouterr().out
