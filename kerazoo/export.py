@@ -19,7 +19,8 @@ import uuid
 import keras
 import tensorflow as tf
 
-from kerazoo import generation
+from kerazoo import generation, seq2seq_decoding
+from kerazoo.text import END, START
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -139,6 +140,58 @@ def export_text_generator(model, tokenizer, directory, name, version=None, max_n
     signature = [tf.TensorSpec([None], tf.string, name="prompt")]
     return _write_version(directory, name, version, [model, tokenizer],
                           {"serving_default": (serve, signature), "next_token_logits": (logits, signature)})
+
+
+def export_translator(model, source_tokenizer, target_tokenizer, directory, name, version=None,
+                      max_new_tokens=None, strategy="beam", beam_width=4, length_penalty=0.6):
+    """Exports an encoder–decoder model with both tokenizers as a string-in, string-out SavedModel.
+
+    Signature `serving_default` (input `text`: `[None]` strings): `translation`
+    (`[batch]` strings) and `token_ids` (`[batch, max_new_tokens]` int32, 0
+    after the end token). Decoding is `kerazoo.seq2seq_decoding`'s loop as a
+    plain `tf.while_loop` (TF Serving runs without XLA). Sources longer than
+    the model's `max_length` keep their first tokens; the target vocabulary
+    must hold `text.START` and `text.END` (`WordPieceTokenizer.learn(...,
+    reserved_tokens=(START, END))`).
+
+    Args:
+        model: a `models.transformer_seq2seq` or `models.rnn_seq2seq` model.
+        source_tokenizer, target_tokenizer: their `kerazoo.text` tokenizers.
+        directory, name, version: as in `export_saved_model`.
+        max_new_tokens: target tokens at most (default: the model's
+            `max_length`; required for RNN models).
+        strategy: "beam" or "greedy".
+        beam_width, length_penalty: for "beam" (see `seq2seq_decoding.translate`).
+
+    Returns:
+        The path of the new version directory.
+    """
+    for token in (START, END):
+        if token not in target_tokenizer.vocabulary:
+            raise ValueError(f"the target vocabulary has no {token!r} token; learn it with "
+                             "reserved_tokens=(text.START, text.END).")
+    start, stop = target_tokenizer.vocabulary.index(START), target_tokenizer.vocabulary.index(END)
+    decode = seq2seq_decoding.decode_function(model, strategy, beam_width, max_new_tokens)
+    max_source = seq2seq_decoding.Seq2SeqDecoder(model).max_length
+
+    def translate(texts):
+        ids = source_tokenizer(_vector(texts))
+        if max_source is not None:
+            ids = ids[:, :max_source]
+        batch = tf.shape(texts, out_type=tf.int64)[0]
+        # At least one column: an all-empty batch still has a (fully masked) source.
+        source = ids.to_tensor(default_value=0, shape=[batch, tf.maximum(ids.bounding_shape(1), 1)])
+        tokens = decode(tf.cast(source, tf.int32), tf.constant(max_new_tokens or max_source),
+                        tf.constant(start), tf.constant(stop), tf.constant(length_penalty, tf.float32))
+        tokens = tf.where(tf.equal(tokens, stop), 0, tokens)
+        return {"translation": target_tokenizer.detokenize(tokens), "token_ids": tokens}
+
+    def serve(texts):
+        return _dense_outputs(translate(texts))
+
+    signature = [tf.TensorSpec([None], tf.string, name="text")]
+    return _write_version(directory, name, version, [model, source_tokenizer, target_tokenizer],
+                          {"serving_default": (serve, signature)})
 
 
 def latest_version(path):

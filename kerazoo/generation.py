@@ -75,7 +75,7 @@ def generate(model, prompt_ids, max_new_tokens, strategy="greedy", temperature=1
     sampling = _check_sampling(strategy, temperature, top_k, top_p)
     if top_k is not None and top_k > embedding.vocab_size:
         raise ValueError(f"`top_k`={top_k} exceeds the vocabulary size {embedding.vocab_size}.")
-    buffer_length = min(embedding.max_length, -(-total // LENGTH_BUCKET) * LENGTH_BUCKET)
+    buffer_length = bucket_length(total, embedding.max_length)
     ids = np.full((len(prompts), buffer_length), pad_id, dtype=np.int32)
     for row, prompt in enumerate(prompts):
         ids[row, :len(prompt)] = prompt
@@ -94,6 +94,22 @@ def generate(model, prompt_ids, max_new_tokens, strategy="greedy", temperature=1
         tf.constant(-1 if stop_token is None else stop_token, tf.int32),
         tf.constant(pad_id, tf.int32), tf.constant(seed, tf.int32))
     return out.numpy()[:, :total]
+
+
+def bucket_length(length, limit=None):
+    """`length` rounded up to a multiple of `LENGTH_BUCKET`, at most `limit`.
+
+    Buffers of this length let new prompt (or source) lengths reuse a traced loop.
+
+    Args:
+        length: positive int.
+        limit: the model's maximum length, or None.
+
+    Returns:
+        The bucketed length.
+    """
+    bucketed = -(-length // LENGTH_BUCKET) * LENGTH_BUCKET
+    return bucketed if limit is None else min(limit, bucketed)
 
 
 def decode_function(model, strategy="greedy"):

@@ -69,15 +69,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.supports_masking = True
 
     def build(self, input_shape):
-        check_rank(self, input_shape, 3, "(batch, seq, d_model)")
-        d_model = input_shape[-1]
-        if d_model is None:
-            raise ValueError(f"{self.name}: the last dimension (d_model) of the input must be known.")
-        if self.key_dim is None and d_model % self.num_heads:
-            raise ValueError(
-                f"{self.name}: d_model={d_model} is not divisible by num_heads={self.num_heads}; "
-                "choose num_heads that divides d_model or set key_dim explicitly.")
-        self._head_dim = self.key_dim or d_model // self.num_heads
+        d_model = self._set_head_dim(input_shape)
         inner_dim = self.num_heads * self._head_dim
         dense_args = dict(use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
                           dtype=self.dtype_policy)
@@ -102,21 +94,50 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             cache = ops.slice_update(cache, (0, 0, 0, cache_index, 0),
                                      ops.cast(ops.stack([key, value], axis=1), cache.dtype))
             key, value = cache[:, 0], cache[:, 1]
-        # Scaling the queries costs seq*head_dim multiplies; scaling the
-        # scores would cost seq*seq.
-        query = query * ops.cast(self._head_dim ** -0.5, query.dtype)
-        scores = ops.einsum("bhqd,bhkd->bhqk", query, key)
-        probs = self._masked_softmax(scores, padding_mask, query_offset=cache_index)
-        probs = self.dropout_layer(probs, training=training)
-        context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
-        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)),
-                              (batch, seq, self.num_heads * self._head_dim))
-        outputs = self.output_dense(context)
+        outputs, probs = self._attend(query, key, value, padding_mask, training, query_offset=cache_index)
         if cache is not None:
             return outputs, cache
         if return_attention_scores:
             return outputs, probs
         return outputs
+
+    def _set_head_dim(self, input_shape):
+        """Checks the `(batch, seq, d_model)` input shape, sets the head size; returns d_model."""
+        check_rank(self, input_shape, 3, "(batch, seq, d_model)")
+        d_model = input_shape[-1]
+        if d_model is None:
+            raise ValueError(f"{self.name}: the last dimension (d_model) of the input must be known.")
+        if self.key_dim is None and d_model % self.num_heads:
+            raise ValueError(
+                f"{self.name}: d_model={d_model} is not divisible by num_heads={self.num_heads}; "
+                "choose num_heads that divides d_model or set key_dim explicitly.")
+        self._head_dim = self.key_dim or d_model // self.num_heads
+        return d_model
+
+    def _attend(self, query, key, value, padding_mask, training, query_offset=None):
+        """The attention core shared with `MultiHeadCrossAttention`.
+
+        Args:
+            query: `(batch, heads, queries, head_dim)`.
+            key, value: `(batch, heads, keys, head_dim)`.
+            padding_mask: `(batch, keys)` or None.
+            training: whether dropout is active.
+            query_offset: position of the first query (cached decoding).
+
+        Returns:
+            `(outputs (batch, queries, d_model), probabilities (batch, heads, queries, keys))`.
+        """
+        # Scaling the queries costs seq*head_dim multiplies; scaling the
+        # scores would cost seq*seq.
+        query = query * ops.cast(self._head_dim ** -0.5, query.dtype)
+        scores = ops.einsum("bhqd,bhkd->bhqk", query, key)
+        probs = self._masked_softmax(scores, padding_mask, query_offset=query_offset)
+        probs = self.dropout_layer(probs, training=training)
+        context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
+        batch, seq = ops.shape(context)[0], ops.shape(context)[2]
+        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)),
+                              (batch, seq, self.num_heads * self._head_dim))
+        return self.output_dense(context), probs
 
     def empty_cache(self, batch_size, max_length, dtype=None):
         """A zero key/value cache for `call(..., cache=, cache_index=)`.
@@ -183,4 +204,102 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             use_bias=self.use_bias,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kerazoo")
+class MultiHeadCrossAttention(MultiHeadSelfAttention):
+    """Multi-head attention of one sequence over another (encoder–decoder attention).
+
+    Queries come from `inputs` through one `Dense(num_heads * key_dim)`; keys
+    and values from `context` through one fused `Dense(2 * num_heads *
+    key_dim)`. Scaling, the masked float32 softmax, dropout and the output
+    projection are `MultiHeadSelfAttention`'s own code. For decoding,
+    `key_value(context)` projects the context once per sequence; pass the
+    result as `key_value=` at every step instead of `context`.
+
+    Args:
+        num_heads: number of attention heads.
+        key_dim: size of each head (default: `d_model // num_heads`, where
+            `d_model` is the width of `inputs`).
+        dropout: dropout rate on the attention probabilities.
+        use_bias: whether the projections have biases.
+        kernel_initializer: initializer of the projection kernels.
+        **kwargs: base `Layer` arguments.
+
+    Call arguments:
+        inputs: `(batch, queries, d_model)` tensor.
+        context: `(batch, keys, d_context)` tensor (e.g. encoder outputs).
+        context_mask: optional `(batch, keys)` bool or 0/1 tensor, True for
+            real context tokens; a Keras mask on `context` is used when omitted.
+        training: whether dropout is active.
+        return_attention_scores: also return the attention probabilities.
+        key_value: the result of `key_value(context)`, instead of `context`.
+
+    Returns:
+        `(batch, queries, d_model)` tensor; with `return_attention_scores=True`
+        also the `(batch, num_heads, queries, keys)` probabilities.
+
+    Example:
+
+    >>> layer = MultiHeadCrossAttention(num_heads=4)
+    >>> layer(keras.random.normal((2, 5, 32)), keras.random.normal((2, 9, 16))).shape
+    (2, 5, 32)
+    """
+
+    def __init__(self, num_heads, key_dim=None, dropout=0.0, use_bias=True,
+                 kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(num_heads, key_dim=key_dim, dropout=dropout, causal=False, use_bias=use_bias,
+                         kernel_initializer=kernel_initializer, **kwargs)
+
+    def build(self, inputs_shape, context_shape=None):
+        if context_shape is None:
+            raise ValueError(f"{self.name}: build the layer by calling it with a `context` tensor.")
+        d_model = self._set_head_dim(inputs_shape)
+        check_rank(self, context_shape, 3, "(batch, keys, d_context) for the context")
+        inner_dim = self.num_heads * self._head_dim
+        dense_args = dict(use_bias=self.use_bias, kernel_initializer=self.kernel_initializer,
+                          dtype=self.dtype_policy)
+        self.query_dense = keras.layers.Dense(inner_dim, name="query", **dense_args)
+        self.query_dense.build(inputs_shape)
+        self.key_value_dense = keras.layers.Dense(2 * inner_dim, name="key_value", **dense_args)
+        self.key_value_dense.build(context_shape)
+        self.output_dense = keras.layers.Dense(d_model, name="output", **dense_args)
+        self.output_dense.build(tuple(inputs_shape[:-1]) + (inner_dim,))
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+
+    def call(self, inputs, context=None, context_mask=None, training=None,
+             return_attention_scores=False, key_value=None):
+        if key_value is None:
+            if context is None:
+                raise ValueError(f"{self.name}: pass `context` (or its precomputed `key_value`).")
+            key_value = self.key_value(context)
+        batch, seq = ops.shape(inputs)[0], ops.shape(inputs)[1]
+        query = ops.reshape(self.query_dense(inputs), (batch, seq, self.num_heads, self._head_dim))
+        query = ops.transpose(query, (0, 2, 1, 3))
+        outputs, probs = self._attend(query, key_value[:, 0], key_value[:, 1], context_mask, training)
+        if return_attention_scores:
+            return outputs, probs
+        return outputs
+
+    def key_value(self, context):
+        """Projects the context to keys and values, once per sequence.
+
+        Args:
+            context: `(batch, keys, d_context)` tensor.
+
+        Returns:
+            `(batch, 2, num_heads, keys, head_dim)`: keys, then values.
+        """
+        batch, keys = ops.shape(context)[0], ops.shape(context)[1]
+        kv = ops.reshape(self.key_value_dense(context), (batch, keys, 2, self.num_heads, self._head_dim))
+        return ops.transpose(kv, (0, 2, 3, 1, 4))
+
+    def empty_cache(self, batch_size, max_length, dtype=None):
+        raise ValueError(f"{self.name}: cross-attention has no growing cache; "
+                         "project the context once with `key_value(context)`.")
+
+    def get_config(self):
+        config = super().get_config()
+        del config["causal"]
         return config

@@ -3,7 +3,7 @@
 import keras
 
 from kerazoo.layers._validation import check_rank
-from kerazoo.layers.attention import MultiHeadSelfAttention
+from kerazoo.layers.attention import MultiHeadCrossAttention, MultiHeadSelfAttention
 
 
 @keras.saving.register_keras_serializable(package="kerazoo")
@@ -98,17 +98,18 @@ class TransformerBlock(keras.layers.Layer):
                 new_cache.append(updated)
             return self.dropout_layer(out, training=training)
 
-        def feed_forward(x):
-            return self.dropout_layer(self.ff_output(self.ff_inner(x)), training=training)
-
-        x = inputs
-        if self.norm_first:
-            x = x + attend(self.attention_norm(x))
-            x = x + feed_forward(self.ff_norm(x))
-        else:
-            x = self.attention_norm(x + attend(x))
-            x = self.ff_norm(x + feed_forward(x))
+        x = self._residual(inputs, attend, self.attention_norm)
+        x = self._residual(x, lambda h: self._feed_forward(h, training), self.ff_norm)
         return (x, new_cache[0]) if cache is not None else x
+
+    def _residual(self, x, sublayer, norm):
+        """`x + sublayer(norm(x))` (pre-norm) or `norm(x + sublayer(x))` (post-norm)."""
+        if self.norm_first:
+            return x + sublayer(norm(x))
+        return norm(x + sublayer(x))
+
+    def _feed_forward(self, x, training):
+        return self.dropout_layer(self.ff_output(self.ff_inner(x)), training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -128,4 +129,95 @@ class TransformerBlock(keras.layers.Layer):
             layer_norm_epsilon=self.layer_norm_epsilon,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kerazoo")
+class TransformerDecoderBlock(TransformerBlock):
+    """A Transformer decoder layer: causal self-attention, cross-attention, feed-forward.
+
+    The decoder half of the encoder–decoder Transformer (Vaswani et al.,
+    2017): each target position attends to earlier target positions, then to
+    the whole (padding-masked) encoder output, then goes through the
+    feed-forward net; every sub-layer has a residual and a layer norm (pre-
+    or post-norm, as `TransformerBlock`). For decoding, the self-attention
+    keeps a key/value cache and the encoder's keys/values are projected once
+    per sequence (`cross_attention.key_value(context)`).
+
+    Args:
+        num_heads: heads of both attentions; must divide `d_model`.
+        ff_dim: hidden width of the feed-forward network.
+        dropout: rate for attention probabilities and the residual branches.
+        norm_first: pre-norm (True) or post-norm (False).
+        activation: feed-forward activation.
+        layer_norm_epsilon: epsilon of the layer norms.
+        kernel_initializer: initializer of every kernel in the block.
+        **kwargs: base `Layer` arguments.
+
+    Call arguments:
+        inputs: `(batch, target_seq, d_model)` target-side hidden states.
+        context: `(batch, source_seq, d_context)` encoder outputs.
+        context_mask: optional `(batch, source_seq)` mask, True for real
+            source tokens; a Keras mask on `context` is used when omitted.
+        training: whether dropout is active.
+        cache, cache_index: self-attention key/value cache for incremental
+            decoding (`block.attention.empty_cache(...)`).
+        context_key_value: `block.cross_attention.key_value(context)`,
+            instead of `context`.
+
+    Returns:
+        `(batch, target_seq, d_model)` tensor, and the updated cache when one is given.
+
+    Example:
+
+    >>> block = TransformerDecoderBlock(num_heads=2, ff_dim=64)
+    >>> block(keras.random.normal((2, 6, 32)), keras.random.normal((2, 9, 32))).shape
+    (2, 6, 32)
+    """
+
+    def __init__(self, num_heads, ff_dim, dropout=0.0, norm_first=True, activation="gelu",
+                 layer_norm_epsilon=1e-5, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(num_heads, ff_dim, dropout=dropout, causal=True, norm_first=norm_first,
+                         activation=activation, layer_norm_epsilon=layer_norm_epsilon,
+                         kernel_initializer=kernel_initializer, **kwargs)
+        self.cross_attention = MultiHeadCrossAttention(
+            num_heads, dropout=dropout, kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy, name="cross_attention")
+
+    def build(self, inputs_shape, context_shape=None):
+        super().build(inputs_shape)
+        if context_shape is None:
+            raise ValueError(f"{self.name}: build the block by calling it with a `context` tensor.")
+        self.cross_attention.build(inputs_shape, context_shape)
+        self.cross_attention_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="cross_attention_norm")
+        self.cross_attention_norm.build(inputs_shape)
+
+    def call(self, inputs, context=None, context_mask=None, training=None, cache=None,
+             cache_index=None, context_key_value=None):
+        new_cache = []
+
+        def attend(x):
+            out = self.attention(x, training=training, cache=cache, cache_index=cache_index)
+            if cache is not None:
+                out, updated = out
+                new_cache.append(updated)
+            return self.dropout_layer(out, training=training)
+
+        def attend_context(x):
+            out = self.cross_attention(x, context, context_mask=context_mask, training=training,
+                                       key_value=context_key_value)
+            return self.dropout_layer(out, training=training)
+
+        x = self._residual(inputs, attend, self.attention_norm)
+        x = self._residual(x, attend_context, self.cross_attention_norm)
+        x = self._residual(x, lambda h: self._feed_forward(h, training), self.ff_norm)
+        return (x, new_cache[0]) if cache is not None else x
+
+    def compute_output_shape(self, inputs_shape, context_shape=None):
+        return inputs_shape
+
+    def get_config(self):
+        config = super().get_config()
+        del config["causal"]
         return config

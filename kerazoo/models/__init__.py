@@ -2,6 +2,7 @@
 
 from kerazoo.models.lstm_classifier import lstm_classifier
 from kerazoo.models.pipeline import with_preprocessor
+from kerazoo.models.seq2seq import rnn_seq2seq, transformer_seq2seq
 from kerazoo.models.transformer_lm import transformer_lm
 
-__all__ = ["lstm_classifier", "transformer_lm", "with_preprocessor"]
+__all__ = ["lstm_classifier", "rnn_seq2seq", "transformer_lm", "transformer_seq2seq", "with_preprocessor"]

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 PAD, UNK = "[PAD]", "[UNK]"
 SPECIAL_TOKENS = (PAD, UNK)  # ids 0 and 1 in every vocabulary here
+START, END = "[START]", "[END]"  # sequence markers for encoder–decoder targets (`reserved_tokens`)
 
 
 class _VocabularyTokenizer(keras.layers.Layer):
@@ -170,12 +171,14 @@ class WordPieceTokenizer(_VocabularyTokenizer):
             no_pretokenization=False, support_detokenization=True)
 
     @classmethod
-    def learn(cls, texts, vocab_size=8000, **kwargs):
+    def learn(cls, texts, vocab_size=8000, reserved_tokens=(), **kwargs):
         """Learns a WordPiece vocabulary of at most `vocab_size` tokens from `texts`.
 
         Args:
             texts: an iterable of strings (lines or documents).
             vocab_size: the most tokens, specials included.
+            reserved_tokens: more tokens that text never produces, given ids
+                2, 3, ... after `[PAD]` and `[UNK]` (e.g. `(START, END)`).
             **kwargs: other constructor arguments.
 
         Returns:
@@ -190,7 +193,7 @@ class WordPieceTokenizer(_VocabularyTokenizer):
             raise ValueError(f"`vocab_size` must be an integer >= 3; received vocab_size={vocab_size!r}.")
         vocabulary = bert_vocab_from_dataset.bert_vocab_from_dataset(
             tf.data.Dataset.from_tensor_slices(texts).batch(1000), vocab_size=vocab_size,
-            reserved_tokens=list(SPECIAL_TOKENS), bert_tokenizer_params=dict(lower_case=False))
+            reserved_tokens=list(SPECIAL_TOKENS) + list(reserved_tokens), bert_tokenizer_params=dict(lower_case=False))
         return cls(vocabulary, **kwargs)
 
     def call(self, inputs):
