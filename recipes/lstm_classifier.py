@@ -43,6 +43,11 @@ def parse_args(argv=None):
                         help="fraction held out when there is no --val-data (default: 0.2)")
     source.add_argument("--text-column", help="name of the text column/key")
     source.add_argument("--label-column", help="name of the label column/key")
+    classes = source.add_mutually_exclusive_group()
+    classes.add_argument("--binary", action="store_true",
+                         help="insist on binary labels: 0/1 (or true/false, positive/negative)")
+    classes.add_argument("--num-classes", type=int, metavar="N",
+                         help="insist on N classes: numeric labels must be in [0, N) and are their own ids")
     source.add_argument("--on-decode-error", choices=("fail", "skip"), default="fail",
                         help="records with undecodable bytes: fail, or skip and count (default: fail)")
     model = parser.add_argument_group("model")
@@ -79,6 +84,8 @@ def check_flags(args):
     """Everything the flags alone decide, checked before any data is read (see `kerazoo.recipe_flags`)."""
     recipe_flags.positive(args, "vocab_size", "max_length", "embedding_dim", "lstm_units", "epochs",
                           "batch_size")
+    if args.num_classes is not None:
+        recipe_flags.in_range(args, "num_classes", low=2)
     recipe_flags.in_range(args, "vocab_size", low=3)  # padding, OOV and one word
     recipe_flags.in_range(args, "validation_split", 0, 1, low_open=True, high_open=True)
     recipe_flags.in_range(args, "dropout", 0, 1, high_open=True)
@@ -91,8 +98,8 @@ def check_flags(args):
 def load_data(args):
     """Returns (train, validation) `LabeledText`s as the flags ask."""
     if args.data:
-        options = dict(text_column=args.text_column, label_column=args.label_column,
-                       on_decode_error=args.on_decode_error)
+        options = dict(text_column=args.text_column, label_column=args.label_column, binary=args.binary,
+                       num_classes=args.num_classes, on_decode_error=args.on_decode_error)
         train = data.load_labeled_text(args.data, **options)
         if args.val_data:
             return train, data.load_labeled_text(args.val_data, **options)
@@ -103,20 +110,22 @@ def load_data(args):
     return train.split(args.validation_split, seed=args.seed)
 
 
-def classes_of(train, val):
-    """Class names, checked to mean the same in both splits.
+def classes_of(train, val, num_classes=None):
+    """The training classes, and the validation split numbered by them.
 
-    Numeric labels may be a subset in validation (0/1 files where validation
-    happens to hold only 0s); named labels are numbered per file, so their
-    sets must match.
+    Validation may hold a subset of the training classes, never another class.
+
+    Returns:
+        `(label_names, val)`.
     """
-    names, val_names = list(train.label_names), list(val.label_names)
-    numeric = all(name.isdigit() for name in names + val_names)
-    if val_names != names and not (numeric and len(val_names) <= len(names)):
-        raise SystemExit(f"error: training labels {names} differ from validation labels {val_names}")
-    if len(names) < 2:
-        raise SystemExit(f"error: the training data has a single class {names}")
-    return names
+    names = list(train.label_names)
+    val = val.with_label_names(names)
+    present = [names[i] for i in np.unique(train.labels)]
+    if len(present) < 2:
+        raise ValueError(f"the training data has a single class {present}")
+    if num_classes is not None and len(names) != num_classes:
+        raise ValueError(f"--num-classes {num_classes} was given, but the training labels are {names}")
+    return names, val
 
 
 def dataset(split, vectorizer, batch_size, shuffle_seed=None):
@@ -131,8 +140,13 @@ def dataset(split, vectorizer, batch_size, shuffle_seed=None):
 def main(argv=None):
     args = parse_args(argv)
     keras.utils.set_random_seed(args.seed)
-    train, val = load_data(args)
-    label_names = classes_of(train, val)
+    with recipe_flags.exit_on(ValueError, FileNotFoundError):
+        train, val = load_data(args)
+        label_names, val = classes_of(train, val, 2 if args.binary else args.num_classes)
+    binary = len(label_names) == 2
+    print(f"classes ({len(label_names)}): {', '.join(label_names)} -> "
+          + ("one sigmoid unit" if binary else f"softmax over {len(label_names)}")
+          + ("" if args.binary or args.num_classes else "; --binary or --num-classes N insist on a count"))
     for split_name, split in (("train", train), ("validation", val)):
         counts = np.bincount(split.labels, minlength=len(label_names))
         skipped = f", {split.skipped} skipped (undecodable)" if split.skipped else ""
@@ -142,6 +156,9 @@ def main(argv=None):
     vectorizer = text.word_vectorizer(args.vocab_size, args.max_length,
                                       standardize=None if args.standardize == "none" else args.standardize)
     vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train.texts).batch(1024))
+    if vectorizer.vocabulary_size() <= 2:
+        raise SystemExit(f"error: {train.source}: the training texts contain no words after "
+                         f"--standardize {args.standardize} (only empty or punctuation-only texts)")
     print(f"vocabulary: {vectorizer.vocabulary_size()} ids (padding and [UNK] included)")
 
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
@@ -151,7 +168,6 @@ def main(argv=None):
         model = models.lstm_classifier(args.vocab_size, args.embedding_dim, args.lstm_units,
                                        args.max_length, num_classes=len(label_names),
                                        bidirectional=args.bidirectional, dropout=args.dropout)
-    binary = len(label_names) == 2
     loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
     training.compile_model(model, plan, optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss,
                            metrics=["accuracy"])

@@ -128,3 +128,83 @@ def test_corpus_reading_splitting_and_windows(tmp_path):
     assert [b[0].numpy()[:, 0].tolist() for b in batches] == [[0, 6], [12]]
     with pytest.raises(ValueError, match="has 5 tokens: too few for windows of seq_len \\+ 1 = 7"):
         data.lm_dataset(np.arange(5), seq_len=6, batch_size=1)
+
+
+def test_a_huge_numeric_label_is_one_class_not_a_range(tmp_path):
+    """Labels were numbered range(max + 1): one `1000000000` label asked for a billion class names."""
+    path = _write(tmp_path, "big.csv", "text,label\n" + "a,0\nb,1\n" * 10 + "x,1000000000\n")
+    loaded = data.load_labeled_text(path)
+    assert loaded.label_names == ("0", "1", "1000000000") and loaded.labels[-1] == 2
+    with pytest.raises(ValueError, match=r"big.csv' line 22: the label 1000000000 is outside \[0, 2\) "
+                                         r"\(2 classes were asked for\)"):
+        data.load_labeled_text(path, num_classes=2)
+    with pytest.raises(ValueError, match=r"huge.csv' line 3: the label '9{30}' is too large"):
+        data.load_labeled_text(_write(tmp_path, "huge.csv", "text,label\na,1\nb," + "9" * 30 + "\n"))
+
+
+def test_labels_are_normalised_by_value(tmp_path):
+    path = _write(tmp_path, "n.jsonl", "".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in
+                                               [("a", 1), ("b", 1.0), ("c", "2"), ("d", " 2.00 "), ("e", True)]))
+    loaded = data.load_labeled_text(path)
+    assert loaded.label_names == ("1", "2") and loaded.labels.tolist() == [0, 0, 1, 1, 0]
+    fixed = data.load_labeled_text(path, num_classes=3)  # 0 .. 2, class 0 empty because asked for
+    assert fixed.label_names == ("0", "1", "2") and fixed.labels.tolist() == [1, 1, 2, 2, 1]
+    with pytest.raises(ValueError, match=r"binary labels \(0/1\) were asked for, but the labels are \['1', '2'\]"):
+        data.load_labeled_text(path, binary=True)
+    negative = _write(tmp_path, "pm.tsv", "text\tlabel\na\t-1\nb\t+1\nc\t-1\n")
+    assert data.load_labeled_text(negative).label_names == ("-1", "1")
+    for bad, shown in (("0.5", "'0.5'"), ("1e400", None)):
+        path = _write(tmp_path, "f.tsv", f"text\tlabel\na\t1\nb\t{bad}\n")
+        if shown:
+            with pytest.raises(ValueError, match=rf"f.tsv' line 3: the label {shown} is not a whole number"):
+                data.load_labeled_text(path)
+        else:  # not a number pattern: a class name
+            assert data.load_labeled_text(path).label_names == ("1", "1e400")
+    with pytest.raises(ValueError, match=r"line 1: the label nan is not a whole number"):
+        data.load_labeled_text(_write(tmp_path, "nan.jsonl", '{"text": "a", "label": NaN}\n'))
+    with pytest.raises(ValueError, match=r"line 1: the label must be a number, a boolean or a name; found list"):
+        data.load_labeled_text(_write(tmp_path, "l.jsonl", '{"text": "a", "label": [1]}\n'))
+    with pytest.raises(ValueError, match=r"3 classes were asked for, but the labels are \['a', 'b', 'c', 'd'\]"):
+        data.load_labeled_text(_write(tmp_path, "s.tsv", "text\tlabel\nx\ta\nx\tb\nx\tc\nx\td\n"), num_classes=3)
+
+
+def test_with_label_names_renumbers_a_validation_subset(tmp_path):
+    train = data.load_labeled_text(_write(tmp_path, "t.tsv", "text\tlabel\na\t0\nb\t1\nc\t2\n"))
+    val = data.load_labeled_text(_write(tmp_path, "v.tsv", "text\tlabel\na\t2\nb\t0\n"))
+    assert val.label_names == ("0", "2") and val.labels.tolist() == [1, 0]
+    renumbered = val.with_label_names(train.label_names)
+    assert renumbered.label_names == ("0", "1", "2") and renumbered.labels.tolist() == [2, 0]
+    with pytest.raises(ValueError, match=r"t.tsv': labels \['1'\] are not among the classes \['0', '2'\]"):
+        train.with_label_names(val.label_names)
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("open.csv", "text,label\n\"" + "x" * 200_000 + "\",1\n\"a\nb,0\n",
+     r"open.csv' line 3: 1 fields where the header has 2"),  # the quote opened on line 3 never closes
+    ("super.tsv", "text\tlabel\na\t1\nb\t\u00b2\n", None),  # '²' is a class name, not int('²')
+    ("empty.tsv", "text\tlabel\n \t1\n\t0\n", r"empty.tsv': every text \('text'\) is empty"),
+    ("nontext.jsonl", '{"text": {"a": 1}, "label": 1}\n', r"line 1: the text \('text'\) must be a string"),
+])
+def test_parser_errors_name_the_file_and_line(tmp_path, name, content, message):
+    path = _write(tmp_path, name, content)
+    if message is None:
+        assert data.load_labeled_text(path).label_names == ("1", "\u00b2")
+        return
+    with pytest.raises(ValueError, match=message):
+        data.load_labeled_text(path)
+
+
+def test_long_fields_cr_line_endings_and_bom(tmp_path):
+    long_text = "word " * 40_000  # 200 KB: more than csv's default field limit
+    path = _write(tmp_path, "long.csv", f'text,label\n"{long_text}",1\nshort,0\n')
+    assert data.load_labeled_text(path).texts == [long_text.strip(), "short"]
+    import csv
+    assert csv.field_size_limit() == 131072  # restored
+    for ending in ("\r", "\r\n", "\n"):
+        path = _write(tmp_path, "cr.tsv", ending.join(["text\tlabel", "a\t1", "b\t0", ""]))
+        assert data.load_labeled_text(path).texts == ["a", "b"]
+    bom = _write(tmp_path, "bom.csv", b"\xef\xbb\xbftext,label\nhi,1\n")
+    assert data.load_labeled_text(bom).texts == ["hi"]
+    bad = _write(tmp_path, "cr_bad.csv", b"text,label\ra,1\rb,1,2\r")
+    with pytest.raises(ValueError, match=r"cr_bad.csv' line 3: 3 fields where the header has 2"):
+        data.load_labeled_text(bad)

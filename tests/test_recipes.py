@@ -63,12 +63,15 @@ def test_lstm_classifier_recipe_end_to_end(tmp_path, capsys):
 
 def test_lstm_classifier_recipe_flags_are_checked(capsys):
     recipe = _load("lstm_classifier")
-    split = lambda names: data.LabeledText(["a"], np.zeros(1, np.int64), names)  # noqa: E731
-    assert recipe.classes_of(split(("0", "1")), split(("0",))) == ["0", "1"]
-    with pytest.raises(SystemExit, match=r"training labels \['arts', 'news'\] differ"):
-        recipe.classes_of(split(("arts", "news")), split(("news",)))
-    with pytest.raises(SystemExit, match="single class"):
-        recipe.classes_of(split(("0",)), split(("0",)))
+    split = lambda names, ids=(0, 1): data.LabeledText(["a"] * len(ids), np.array(ids), names)  # noqa: E731
+    names, val = recipe.classes_of(split(("0", "1")), split(("1",), ids=(0,)))
+    assert names == ["0", "1"] and val.labels.tolist() == [1]
+    with pytest.raises(ValueError, match=r"labels \['sports'\] are not among the classes \['arts', 'news'\]"):
+        recipe.classes_of(split(("arts", "news")), split(("sports",), ids=(0,)))
+    with pytest.raises(ValueError, match=r"single class \['1'\]"):
+        recipe.classes_of(split(("0", "1"), ids=(1, 1)), split(("0",), ids=(0,)))
+    with pytest.raises(ValueError, match=r"--num-classes 3 was given, but the training labels are \['0', '1'\]"):
+        recipe.classes_of(split(("0", "1")), split(("0",), ids=(0,)), num_classes=3)
     with pytest.raises(SystemExit):
         recipe.parse_args(["--epochs", "0"])
     assert "error: --epochs must be an integer >= 1; received 0" in capsys.readouterr().err
@@ -178,3 +181,37 @@ def test_transformer_lm_recipe_checks_sampling_before_training(tmp_path, capsys)
     assert sorted(os.listdir(tmp_path)) == ["ab.txt"]
     assert recipe.main(small + ["--prompt", "ab", "--no-export"]) == 0  # top-k defaults to the vocabulary
     assert "--- sample (top_k) ---" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("rows, flags, message", [
+    ([("good", 1), ("bad", 2)] * 6, ["--binary"], r"binary labels \(0/1\) were asked for, but the labels are "
+                                                  r"\['1', '2'\]"),
+    ([("good", 0), ("bad", 1), ("meh", 2)] * 4, ["--num-classes", "2"], r"line 4: the label 2 is outside \[0, 2\)"),
+    (None, ["--num-classes", "3"], r"--num-classes 3 was given, but the training labels are "
+                                   r"\['negative', 'positive'\]"),  # the embedded sample
+    ([("...", 0), ("?!", 1)] * 6, [], r"train.tsv: the training texts contain no words after --standardize "
+                                      r"lower_and_strip_punctuation"),
+    ([(" ", 0), ("", 1)] * 6, [], r"train.tsv': every text \('sentence'\) is empty"),
+])
+def test_lstm_classifier_recipe_class_and_text_errors_come_before_training(tmp_path, capsys, rows, flags, message):
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows or []))
+    data_flags = ["--data", str(train)] if rows else []
+    with pytest.raises(SystemExit, match="^error: .*" + message):
+        _load("lstm_classifier").main([*data_flags, "--export-dir", str(tmp_path / "out"), *flags])
+    assert "Epoch" not in capsys.readouterr().out and not (tmp_path / "out").exists()
+
+
+def test_lstm_classifier_recipe_prints_and_keeps_the_classes_asked_for(tmp_path, capsys):
+    rows = [("a good film", 2), ("a great cast", 2), ("not good", 1), ("a bad plot", 1)] * 6
+    train = tmp_path / "train.tsv"
+    train.write_text("sentence\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+    recipe = _load("lstm_classifier")
+    common = ["--data", str(train), "--epochs", "1", "--vocab-size", "20", "--max-length", "4", "--verbose", "0",
+              "--validation-split", "0.25", "--export-dir", str(tmp_path / "out")]
+    assert recipe.main(common + ["--num-classes", "3", "--name", "three"]) == 0
+    out = capsys.readouterr().out
+    assert "classes (3): 0, 1, 2 -> softmax over 3" in out and "train: 18 texts" in out and "0=0, 1=9, 2=9" in out
+    probabilities = tf.saved_model.load(str(tmp_path / "out" / "three" / "1")).signatures["serving_default"](
+        text=tf.constant(["a good film"]))["probabilities"]
+    assert probabilities.shape == (1, 3)
