@@ -67,9 +67,29 @@ def _version_path(path):
 
 
 def _load(path):
+    """Loads a SavedModel, its tensorflow-text kernels registered; a failure is one ValueError line."""
     import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers FastWordpieceTokenizeWithOffsets & co. for WordPiece exports)
 
-    return tf.saved_model.load(path)
+    try:
+        return tf.saved_model.load(path)
+    except Exception as error:  # noqa: BLE001  (TF raises many types; the CLI prints one line)
+        message = str(error).strip().splitlines()
+        raise ValueError(f"{path!r} could not be loaded as a SavedModel: {type(error).__name__}: "
+                         f"{message[0] if message else ''}") from None
+
+
+def _string_signature(loaded, path, name="serving_default"):
+    """The signature `name` and its single string input's name (else a one-line ValueError)."""
+    if name not in loaded.signatures:
+        raise ValueError(f"{path!r} has no {name!r} signature (it has: {', '.join(loaded.signatures) or 'none'})")
+    function = loaded.signatures[name]
+    inputs = function.structured_input_signature[1]
+    if len(inputs) != 1 or next(iter(inputs.values())).dtype.name != "string":
+        found = ", ".join(f"{k}: {v.dtype.name}" for k, v in inputs.items())
+        raise ValueError(f"signature {name!r} of {path!r} does not take one string input (it takes {found}); "
+                         "kerazoo predict needs a string-in export")
+    return function, next(iter(inputs))
 
 
 def _inspect(path):
@@ -92,12 +112,12 @@ def _predict(path, texts, as_json):
     import tensorflow as tf
 
     if texts == ["-"]:
-        texts = [line.rstrip("\n") for line in sys.stdin]
+        # One text per line; CRLF line ends and blank lines (e.g. a trailing one) are not texts.
+        texts = [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise ValueError("no texts given")
     version_path, _ = _version_path(path)
-    serving = _load(version_path).signatures["serving_default"]
-    (input_name,) = serving.structured_input_signature[1]
+    serving, input_name = _string_signature(_load(version_path), version_path)
     outputs = {k: v.numpy() for k, v in serving(**{input_name: tf.constant(texts)}).items()}
 
     def cell(value):

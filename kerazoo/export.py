@@ -22,7 +22,7 @@ import tensorflow as tf
 from kerazoo import generation, seq2seq_decoding
 from kerazoo.text import END, START
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def export_saved_model(model, directory, name, version=None, preprocessor=None, serve_fn=None,
@@ -118,7 +118,8 @@ def export_text_generator(model, tokenizer, directory, name, version=None, max_n
         ids = prompt_ids(prompts)
         lengths = tf.cast(ids.row_lengths(), tf.int32)
         batch = tf.shape(lengths)[0]
-        buffer = ids.to_tensor(default_value=0, shape=[batch, tf.reduce_max(lengths) + max_new_tokens])
+        longest = tf.reduce_max(tf.concat([lengths, [1]], axis=0))  # an empty batch has no maximum
+        buffer = ids.to_tensor(default_value=0, shape=[batch, longest + max_new_tokens])
         out = decode(buffer, lengths, tf.constant(max_new_tokens), tf.constant(1.0), tf.constant(1),
                      tf.constant(1.0), tf.constant(-1 if stop_token is None else stop_token),
                      tf.constant(0), tf.constant(0))
@@ -244,18 +245,16 @@ def _versions(path):
 
 
 def _write_version(directory, name, version, tracked, endpoints):
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"`name` must be a simple folder name (letters, digits, '.', '_', '-'); "
                          f"received {name!r}.")
-    if version is not None and (not isinstance(version, int) or version < 1):
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
         raise ValueError(f"`version` must be a positive integer; received {version!r}.")
     base = os.path.join(os.fspath(directory), name)
     os.makedirs(base, exist_ok=True)
-    versions = _versions(base)
-    version = version or (versions[-1] + 1 if versions else 1)
-    final = os.path.join(base, str(version))
-    if os.path.exists(final):
-        raise FileExistsError(f"version {version} already exists: {final!r} (exports never overwrite).")
+    if version is not None and os.path.exists(os.path.join(base, str(version))):
+        raise FileExistsError(f"version {version} already exists: {os.path.join(base, str(version))!r} "
+                              "(exports never overwrite).")
 
     archive = keras.export.ExportArchive()
     for obj in tracked:
@@ -266,11 +265,25 @@ def _write_version(directory, name, version, tracked, endpoints):
     tmp = os.path.join(base, f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         archive.write_out(tmp, verbose=False)
-        try:
-            os.rename(tmp, final)
-        except OSError as error:
-            raise FileExistsError(f"could not move the export to {final!r} (another export took version "
-                                  f"{version}?): {error}") from None
+        return _rename_into_place(tmp, base, version)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+
+def _rename_into_place(tmp, base, version):
+    """Renames the finished export to `base/<version>` (default: the next free one) and returns that path.
+
+    Renaming onto an existing (non-empty) version fails atomically; without an
+    explicit version another export that finished first just means trying
+    the next number.
+    """
+    while True:
+        versions = _versions(base)
+        candidate = version or (versions[-1] + 1 if versions else 1)
+        final = os.path.join(base, str(candidate))
+        try:
+            os.rename(tmp, final)
+            return final
+        except OSError as error:
+            if version is not None or not os.path.isdir(final):
+                raise FileExistsError(f"could not move the export to {final!r}: {error}") from None

@@ -159,7 +159,7 @@ def _decode_loop(embedding, blocks, model, strategy):
         # the real token) by the step that reaches it, before anything
         # attends to it.
         hidden, caches = forward(ids, 0, caches)
-        start = tf.reduce_min(lengths)
+        start = tf.reduce_min(tf.concat([lengths, [length]], axis=0))  # an empty batch does not loop
         logits = logits_of(tf.gather(hidden, start - 1, axis=1))
         end = tf.reduce_max(lengths) + max_new_tokens
         done = tf.zeros([batch], tf.bool)

@@ -7,10 +7,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
-
 from kerazoo import export, generation, models, text
-from tf_only import run_tf_only
+from tf_only import assert_no_xla, run_tf_only, xla_ops
 
 TEXTS = ["a good film", "a bad film", "not good", "good good good", "bad"] * 4
 
@@ -83,22 +81,54 @@ def test_multiclass_export_returns_class_probabilities(tmp_path):
     assert out["label"].numpy().tolist() == expected.argmax(-1).tolist()
 
 
-def test_no_function_is_marked_for_xla(tmp_path, classifier):
+def test_no_export_needs_xla(tmp_path, classifier):
     model, vectorizer = classifier
     tokenizer = text.CharTokenizer.learn(["abc"])
     lm = models.transformer_lm(tokenizer.vocabulary_size, max_length=8, d_model=8, num_heads=2, num_layers=1,
                                ff_dim=16)
     generation.generate(lm, [[2]], 3)  # the XLA-compiled decoder exists; the export must not use it
-    paths = [export.export_saved_model(model, tmp_path, "m", preprocessor=vectorizer),
-             export.export_text_generator(lm, tokenizer, tmp_path, "lm", max_new_tokens=4)]
-    for path in paths:
-        proto = saved_model_pb2.SavedModel()
-        proto.ParseFromString(open(os.path.join(path, "saved_model.pb"), "rb").read())
-        functions = proto.meta_graphs[0].graph_def.library.function
-        assert functions
-        for function in functions:
-            attr = function.attr.get("_XlaMustCompile")
-            assert attr is None or not attr.b, function.signature.name
+    assert_no_xla(export.export_saved_model(model, tmp_path, "m", preprocessor=vectorizer))
+    assert_no_xla(export.export_text_generator(lm, tokenizer, tmp_path, "lm", max_new_tokens=4))
+
+
+def test_the_xla_check_finds_tf2xla_ops_and_xla_marked_functions(tmp_path, classifier):
+    model, vectorizer = classifier
+
+    def slice_update(strings):  # keras.ops.slice_update is XlaDynamicUpdateSlice on TensorFlow
+        ids = tf.cast(vectorizer(strings), tf.int32)
+        return {"ids": keras.ops.slice_update(ids, (0, 0), ids[:, :1] + 1)}
+
+    path = export.export_saved_model(model, tmp_path, "dus", preprocessor=vectorizer, serve_fn=slice_update)
+    assert xla_ops(path) == ["XlaDynamicUpdateSlice"]
+    module = tf.Module()
+    module.f = tf.function(lambda x: {"y": x * 2}, jit_compile=True,
+                           input_signature=[tf.TensorSpec([None], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "jit"), signatures={"serving_default": module.f})
+    assert any(name.startswith("_XlaMustCompile:") for name in xla_ops(str(tmp_path / "jit")))
+    with pytest.raises(AssertionError, match="needs XLA to serve"):
+        assert_no_xla(path)
+
+
+def test_concurrent_exports_of_one_name_take_distinct_versions(tmp_path, classifier, monkeypatch):
+    model, vectorizer = classifier
+    archive_class = type(keras.export.ExportArchive())
+    write_out = archive_class.write_out
+    others = []
+
+    def another_export_finishes_first(self, filepath, **kwargs):
+        write_out(self, filepath, **kwargs)
+        if not others:  # while this export is written, a second one takes the next version
+            others.append(None)
+            others[0] = export.export_saved_model(model, tmp_path, "m", preprocessor=vectorizer)
+
+    monkeypatch.setattr(archive_class, "write_out", another_export_finishes_first)
+    first = export.export_saved_model(model, tmp_path, "m", preprocessor=vectorizer)
+    assert (others[0], first) == (str(tmp_path / "m" / "1"), str(tmp_path / "m" / "2"))
+    assert sorted(os.listdir(tmp_path / "m")) == ["1", "2"]
+    others.clear()
+    with pytest.raises(FileExistsError, match="could not move the export"):
+        export.export_saved_model(model, tmp_path, "m", version=3, preprocessor=vectorizer)
+    assert sorted(os.listdir(tmp_path / "m")) == ["1", "2", "3"]  # the explicit version lost the race
 
 
 def test_versions_and_interrupted_exports(tmp_path, classifier, monkeypatch):
@@ -129,6 +159,11 @@ def test_export_argument_errors(tmp_path, classifier):
         export.export_saved_model(model, tmp_path, "../evil", preprocessor=vectorizer)
     with pytest.raises(ValueError, match="positive integer.*0"):
         export.export_saved_model(model, tmp_path, "m", version=0, preprocessor=vectorizer)
+    with pytest.raises(ValueError, match="positive integer.*True"):
+        export.export_saved_model(model, tmp_path, "m", version=True, preprocessor=vectorizer)
+    with pytest.raises(ValueError, match=r"simple folder name.*'m\\n'"):
+        export.export_saved_model(model, tmp_path, "m\n", preprocessor=vectorizer)
+    assert not os.listdir(tmp_path)
     with pytest.raises(TypeError, match="keras.Model"):
         export.export_saved_model(vectorizer, tmp_path, "m")
     with pytest.raises(FileNotFoundError, match="no exported versions"):
@@ -144,8 +179,8 @@ def test_text_generator_export_serves_in_a_strict_tf_only_process(tmp_path):
     keras.utils.set_random_seed(5)
     model = models.transformer_lm(tokenizer.vocabulary_size, max_length=24, d_model=16, num_heads=2,
                                   num_layers=1, ff_dim=32)
-    export.export_text_generator(model, tokenizer, tmp_path, "lm", max_new_tokens=6)
-    prompts = ["the cat", "", "the dog sat on the mat " * 10]
+    assert_no_xla(export.export_text_generator(model, tokenizer, tmp_path, "lm", max_new_tokens=6))
+    prompts = ["the cat", "", "the dog sat on the mat " * 10_000]
     expected_ids = []
     for prompt in prompts:
         ids = tokenizer(tf.constant([prompt])).to_list()[0][-(24 - 6):] or [tokenizer.unk_id]
@@ -154,10 +189,14 @@ def test_text_generator_export_serves_in_a_strict_tf_only_process(tmp_path):
     result = run_tf_only(f"""
         import json
         loaded = tf.saved_model.load(newest_version({str(tmp_path / "lm")!r}))
-        out = loaded.signatures["serving_default"](prompt=tf.constant({prompts!r}))
+        prompts = ["the cat", "", "the dog sat on the mat " * 10_000]  # as in the test (too long for argv)
+        out = loaded.signatures["serving_default"](prompt=tf.constant(prompts))
         logits = loaded.signatures["next_token_logits"](prompt=tf.constant(["the cat"]))["logits"]
         print(json.dumps(dict(text=[t.decode() for t in out["text"].numpy()],
                               ids=out["token_ids"].numpy().tolist(), logits=logits.numpy()[0].tolist())))
+        for name, signature in sorted(loaded.signatures.items()):
+            empty = signature(prompt=tf.constant([], tf.string))
+            print("empty batch:", name, sorted((k, v.shape.as_list()) for k, v in empty.items()))
         try:
             session_run(newest_version({str(tmp_path / "lm")!r}), "serving_default",
                         {{"prompt": np.array(b"the cat", dtype=object)}})
@@ -172,3 +211,5 @@ def test_text_generator_export_serves_in_a_strict_tf_only_process(tmp_path):
     assert all(isinstance(t, str) and t for t in report["text"])
     np.testing.assert_allclose(report["logits"], expected_logits, atol=1e-4)
     assert "rank-0 request: InvalidArgumentError" in result.stdout
+    assert "empty batch: serving_default [('text', [0]), ('token_ids', [0, 6])]" in result.stdout
+    assert f"empty batch: next_token_logits [('logits', [0, {tokenizer.vocabulary_size}])]" in result.stdout

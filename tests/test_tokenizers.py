@@ -89,3 +89,13 @@ def test_learning_from_nothing_is_an_error():
         CharTokenizer.learn(["", ""])
     with pytest.raises(ValueError, match="texts are empty"):
         WordPieceTokenizer.learn(["  ", ""])
+
+
+def test_wordpiece_sequence_starting_inside_a_word_decodes_without_marker():
+    tokenizer = WordPieceTokenizer.learn(CORPUS, vocab_size=80)
+    ids = tokenizer(tf.constant(["foxes runs"])).to_list()[0]
+    pieces = [tokenizer.vocabulary[i] for i in ids]
+    continuation = next(i for i, piece in enumerate(pieces) if piece.startswith("##"))
+    decoded = tokenizer.detokenize(tf.ragged.constant([ids[continuation:]])).numpy()[0].decode()
+    assert decoded == "".join(pieces[continuation:]).replace("##", "").split("runs")[0].strip() + " runs"
+    assert not decoded.startswith("#")

@@ -3,10 +3,13 @@
 In the subprocess `import keras` and `import kerazoo` fail, the project is not
 on the path, and tensorflow-text's kernels are registered with
 `tf.load_op_library` on the `.so` files of the installed package (its Python
-package imports keras, so it cannot be imported there).
+package imports keras, so it cannot be imported there). `assert_no_xla` checks
+an export's graph for what a server without XLA cannot run; every export test
+calls it.
 """
 
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
@@ -58,6 +61,42 @@ def session_run(path, signature, feeds):
         run = session._make_callable_from_options(options)
         return dict(zip(names, run(*feeds.values())))
 """
+
+
+def xla_ops(path):
+    """What in a SavedModel would need XLA at serving time (TF Serving runs without it).
+
+    Args:
+        path: a SavedModel folder (one version).
+
+    Returns:
+        Sorted names: every op type starting with `Xla` in the graph or its
+        function library (tf2xla ops such as `XlaDynamicUpdateSlice`, which
+        have no kernel without XLA), and `_XlaMustCompile:<function>` for each
+        function marked for XLA compilation (`jit_compile=True`).
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    found = set()
+    for meta_graph in proto.meta_graphs:
+        graph = meta_graph.graph_def
+        nodes = list(graph.node)
+        for function in graph.library.function:
+            nodes.extend(function.node_def)
+            attr = function.attr.get("_XlaMustCompile")
+            if attr is not None and attr.b:
+                found.add(f"_XlaMustCompile:{function.signature.name}")
+        found.update(node.op for node in nodes if node.op.startswith("Xla"))
+    return sorted(found)
+
+
+def assert_no_xla(path):
+    """Fails (AssertionError listing them) when the export at `path` holds anything `xla_ops` finds."""
+    found = xla_ops(path)
+    assert not found, f"{path} needs XLA to serve: {found}"
 
 
 def run_tf_only(script, timeout=300):

@@ -91,8 +91,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         if cache is not None:
             self._check_cache_call(cache_index, return_attention_scores, padding_mask)
             # Write this step's keys and values at cache_index; attend over the whole cache.
-            cache = ops.slice_update(cache, (0, 0, 0, cache_index, 0),
-                                     ops.cast(ops.stack([key, value], axis=1), cache.dtype))
+            cache = _write_cache(cache, ops.stack([key, value], axis=1), cache_index)
             key, value = cache[:, 0], cache[:, 1]
         outputs, probs = self._attend(query, key, value, padding_mask, training, query_offset=cache_index)
         if cache is not None:
@@ -303,3 +302,27 @@ class MultiHeadCrossAttention(MultiHeadSelfAttention):
         config = super().get_config()
         del config["causal"]
         return config
+
+
+def _write_cache(cache, update, index):
+    """`cache` with `update` written at positions `index ..` of axis 3, as a scatter.
+
+    Not `ops.slice_update`: on TensorFlow it is the tf2xla op
+    `XlaDynamicUpdateSlice`, which a server running without XLA (TF Serving)
+    cannot execute. A scatter (`TensorScatterUpdate`) is a core op, and under
+    XLA it updates the loop-carried cache in place as fast as the slice
+    update (a one-hot blend rewrites the whole cache each step: slower).
+
+    Args:
+        cache: `(batch, 2, heads, max_length, head_dim)`.
+        update: `(batch, 2, heads, seq, head_dim)`.
+        index: position of `update[..., 0, :]` (int or scalar tensor).
+
+    Returns:
+        The updated cache.
+    """
+    batch, pairs, heads, seq, head_dim = ops.shape(update)
+    positions = ops.meshgrid(ops.arange(batch), ops.arange(pairs), ops.arange(heads), index + ops.arange(seq),
+                             indexing="ij")
+    return ops.scatter_update(cache, ops.reshape(ops.stack(positions, axis=-1), (-1, 4)),
+                              ops.reshape(ops.cast(update, cache.dtype), (-1, head_dim)))

@@ -200,7 +200,12 @@ class WordPieceTokenizer(_VocabularyTokenizer):
         return self._tokenizer.tokenize(inputs)
 
     def detokenize(self, ids):
-        """Ids (dense or ragged, `(batch, None)`) back to strings `(batch,)`; padding is dropped."""
+        """Ids (dense or ragged, `(batch, None)`) back to strings `(batch,)`; padding is dropped.
+
+        A sequence that starts inside a word (a generated continuation whose
+        first piece is `##at`) decodes without the `##` marker.
+        """
         if not isinstance(ids, tf.RaggedTensor):
             ids = tf.RaggedTensor.from_tensor(ids, padding=self.pad_id)
-        return self._tokenizer.detokenize(ids)
+        # Punctuation is split into single characters, so no decoded word starts with "##" otherwise.
+        return tf.strings.regex_replace(self._tokenizer.detokenize(ids), "^##", "")
