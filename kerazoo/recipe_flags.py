@@ -22,6 +22,8 @@ import math
 import os
 import re
 
+from kerazoo import training
+
 # An export name is one folder (TF Serving's <base>/<name>/<version>/): no
 # separators, no "." or "..", nothing hidden.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -65,6 +67,66 @@ def exit_on(*errors):
         yield
     except errors or (ValueError,) as error:
         raise SystemExit(f"error: {error}") from None
+
+
+def add_runtime_flags(parser, precision="auto", jit_compile="auto"):
+    """Adds the flags every recipe shares, as a "runtime" group of an `argparse` parser.
+
+    `--precision`, `--jit-compile` (the plan), `--checkpoint-dir` (resume
+    after a kill), `--logdir` (TensorBoard) and `--verbose` (TensorFlow's C++
+    log lines and Keras progress bars; quiet by default: `fit_verbosity`).
+    Use the parsed
+    flags with `training.quiet_logs`, `training.plan_from_flags` and
+    `training.runtime_callbacks`, the pattern of every recipe:
+
+        recipe_flags.add_runtime_flags(parser)
+        args = recipe_flags.parse_args(parser, argv, check_flags)
+        with training.quiet_logs(args):
+            plan, model = training.plan_from_flags(args, build, batch)
+            with plan.scope():
+                model.fit(..., callbacks=[..., *training.runtime_callbacks(args, plan)])
+
+    Args:
+        parser: an `argparse.ArgumentParser`.
+        precision: this recipe's default for `--precision`.
+        jit_compile: this recipe's default for `--jit-compile` ("auto", "on", "off").
+
+    Returns:
+        The argument group.
+
+    Example:
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> _ = add_runtime_flags(parser)
+    >>> args = parser.parse_args(["--checkpoint-dir", "ckpt", "--verbose"])
+    >>> args.checkpoint_dir, args.logdir, args.verbose, args.precision
+    ('ckpt', None, 1, 'auto')
+    """
+    group = parser.add_argument_group("runtime")
+    group.add_argument("--precision", choices=("auto",) + training.PRECISIONS, default=precision,
+                       help=f"auto: time a few training steps of this model under each candidate and keep "
+                            f"the fastest, cached per model and machine in $KERAZOO_PLAN or "
+                            f"~/.cache/kerazoo/plans.json (default: {precision})")
+    group.add_argument("--jit-compile", choices=("auto", "on", "off"), default=jit_compile,
+                       help=f"XLA for the train step (default: {jit_compile}, from the plan)")
+    group.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="save a checkpoint there after every epoch (evaluation interval), atomically; "
+                            "the same command run again resumes from the last one")
+    group.add_argument("--logdir", metavar="DIR",
+                       help="write TensorBoard event files there (losses, metrics, learning rate, "
+                            "tokens/s, the plan): tensorboard --logdir DIR")
+    group.add_argument("--verbose", type=int, nargs="?", const=1, default=0, choices=(0, 1, 2),
+                       help="0: quiet, no TensorFlow C++ log lines (unless TF_CPP_MIN_LOG_LEVEL is set), "
+                            "Keras reports one line per epoch; 1 (just --verbose): TensorFlow's log lines "
+                            "and Keras progress bars; 2: TensorFlow's log lines, one line per epoch "
+                            "(default: 0)")
+    return group
+
+
+def fit_verbosity(args):
+    """Keras `fit`'s `verbose` for the `--verbose` flag: progress bars at 1, else one line per epoch."""
+    return 1 if args.verbose == 1 else 2
 
 
 def flag(name):

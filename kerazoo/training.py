@@ -3,29 +3,25 @@
 import contextlib
 import dataclasses
 import functools
+import hashlib
+import json
 import os
+import platform
 import statistics
 import time
 
-# Flags that TensorFlow reads once, at its first graph optimisation, so they
-# are set on import. They change nothing until a plan turns XLA
-# auto-clustering on (`xla_fusion`); then they restrict it to element-wise
-# ops on the CPU, fusing layer norms, GELUs and softmaxes while matmuls stay
-# with oneDNN's bfloat16 kernels.
-_FUSION_FLAGS = ("--tf_xla_cpu_global_jit", "--tf_xla_ops_to_cluster=FUSIBLE")
-_flags = os.environ.get("TF_XLA_FLAGS", "")
-if "tf_xla_ops_to_cluster" not in _flags:
-    os.environ["TF_XLA_FLAGS"] = " ".join([_flags, *_FUSION_FLAGS]).strip()
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from kerazoo.native_logs import quiet_native_logs
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-# bfloat16 without XLA must beat float32 with XLA by this factor on a matmul
-# before the CPU plan switches to it: the rest of a training step (casts,
-# layer norms, softmax) does not speed up with it.
-_BFLOAT16_MIN_SPEEDUP = 1.3
+# TF_XLA_FLAGS that restrict CPU auto-clustering to element-wise ops (layer
+# norms, GELUs, softmaxes), leaving matmuls to oneDNN's bfloat16 kernels.
+# TensorFlow parses TF_XLA_FLAGS once, at the first traced function.
+_FUSIBLE_FLAG = "--tf_xla_ops_to_cluster=FUSIBLE"
+_fusible_parsed_here = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +33,8 @@ class TrainingPlan:
         jit_compile: whether `model.compile` should XLA-compile the train step.
         reason: one line saying why, for logs.
         xla_fusion: without `jit_compile`, let XLA fuse only the element-wise
-            ops (auto-clustering), leaving matmuls to oneDNN. A process-wide
-            TensorFlow setting, turned on by `compile_model`.
+            ops (auto-clustering), leaving matmuls to oneDNN. Process-wide
+            TensorFlow settings, so they are on only inside `scope()`.
     """
 
     precision: str
@@ -63,17 +59,42 @@ class TrainingPlan:
         finally:
             keras.config.set_dtype_policy(previous)
 
+    @contextlib.contextmanager
+    def scope(self):
+        """Builds, compiles and trains inside this block: the dtype policy and, for `xla_fusion`, auto-clustering.
+
+        Keras traces its train/test functions at their first call, so `fit`
+        and `evaluate` must run inside the block for the fusion to apply. On
+        exit TensorFlow's JIT settings are restored to what they were.
+
+        Example:
+
+        >>> plan = TrainingPlan("float32", True, "example")
+        >>> with plan.scope():
+        ...     keras.config.dtype_policy().name
+        'float32'
+        """
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.policy_scope())
+            if self.xla_fusion:
+                stack.enter_context(_fusible_auto_clustering())
+            yield self
+
+    def to_dict(self):
+        """The plan as a JSON-ready dict (saved next to checkpoints and in TensorBoard)."""
+        return dataclasses.asdict(self)
+
 
 def select_plan(precision="auto", jit_compile="auto"):
-    """Chooses precision and XLA for the visible devices.
+    """Chooses precision and XLA by rule, without timing anything.
 
     On a GPU: XLA always; `mixed_bfloat16` where the GPU supports it (compute
-    capability >= 8.0), else `mixed_float16`. On a CPU, XLA and bfloat16 do not
-    combine (XLA's CPU backend does not use the bfloat16 matmul units that
-    oneDNN uses), so the plan is either float32 with XLA or mixed_bfloat16
-    without it, whichever a short matmul probe (about a second, once per
-    process) finds faster; with mixed_bfloat16, XLA still fuses the
-    element-wise ops between the matmuls (`xla_fusion`).
+    capability >= 8.0), else `mixed_float16`. On a CPU, "auto" means float32
+    with XLA: XLA and bfloat16 do not combine there (XLA's CPU backend does not
+    use the bfloat16 matmul units that oneDNN uses), and whether bfloat16
+    without XLA is faster depends on the model, so `choose_plan` times it.
+    A CPU plan in mixed_bfloat16 without XLA gets `xla_fusion` where
+    TensorFlow can still restrict auto-clustering to element-wise ops.
 
     Args:
         precision: "auto" or one of `PRECISIONS`.
@@ -85,14 +106,10 @@ def select_plan(precision="auto", jit_compile="auto"):
 
     Example:
 
-    >>> plan = select_plan()
-    >>> plan.precision in PRECISIONS
+    >>> select_plan("float32").jit_compile
     True
     """
-    if precision != "auto" and precision not in PRECISIONS:
-        raise ValueError(f"`precision` must be 'auto' or one of {PRECISIONS}; received {precision!r}.")
-    if jit_compile != "auto" and not isinstance(jit_compile, bool):
-        raise ValueError(f"`jit_compile` must be 'auto', True or False; received {jit_compile!r}.")
+    _check_plan_options(precision, jit_compile)
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         if precision == "auto":
@@ -100,22 +117,299 @@ def select_plan(precision="auto", jit_compile="auto"):
             precision = "mixed_bfloat16" if capability and capability >= (8, 0) else "mixed_float16"
         jit = True if jit_compile == "auto" else jit_compile
         return TrainingPlan(precision, jit, f"GPU ({len(gpus)}): XLA with {precision}")
-    if precision == "auto":
-        speedup = cpu_bfloat16_speedup()
-        precision = "mixed_bfloat16" if speedup >= _BFLOAT16_MIN_SPEEDUP else "float32"
-        reason = (f"CPU: bfloat16 matmul (no XLA) is {speedup:.2f}x float32 matmul (XLA); "
-                  f"threshold {_BFLOAT16_MIN_SPEEDUP}x")
-    else:
-        reason = f"CPU: precision {precision} requested"
+    reason = "CPU: default" if precision == "auto" else f"CPU: precision {precision} requested"
+    precision = "float32" if precision == "auto" else precision
     jit = (precision == "float32") if jit_compile == "auto" else jit_compile
-    fusion = not jit and precision == "mixed_bfloat16"
+    fusion = not jit and precision == "mixed_bfloat16" and fusible_clustering_available()
     return TrainingPlan(precision, jit, f"{reason} -> {precision}, jit_compile={jit}, "
                         f"xla_fusion={fusion}", xla_fusion=fusion)
 
 
-@functools.lru_cache(maxsize=None)
+def candidate_plans(precision="auto", jit_compile="auto"):
+    """The plans `choose_plan` times: one per precision the options allow on this device.
+
+    On a GPU (or with both options pinned) there is a single candidate, the
+    rule of `select_plan`. On a CPU, "auto" precision tries float32 and
+    mixed_bfloat16, each with its own jit rule unless `jit_compile` is pinned.
+
+    Args:
+        precision: "auto" or one of `PRECISIONS`.
+        jit_compile: "auto" or a bool.
+
+    Returns:
+        A list of `TrainingPlan`s.
+    """
+    _check_plan_options(precision, jit_compile)
+    if precision != "auto" or tf.config.list_physical_devices("GPU"):
+        return [select_plan(precision, jit_compile)]
+    return [select_plan(p, jit_compile) for p in ("float32", "mixed_bfloat16")]
+
+
+def choose_plan(build, batch, precision="auto", jit_compile="auto", steps=4, cache_path=None,
+                step_time=None, print_fn=print):
+    """Picks the plan for this model by timing a few real training steps under each candidate.
+
+    Each candidate (`candidate_plans`) builds and compiles the model with
+    `build(plan)` inside `plan.scope()`, runs one step (the compile) and then
+    `steps` timed steps on `batch`. The fastest wins; what was tried is
+    printed and the choice is cached by model signature and machine in a
+    JSON file, so later runs reuse it without timing (and a rerun on a loaded
+    machine cannot silently switch numerics). Edit or ship that file to pin a
+    plan; `--precision`/`--jit-compile` pin it too.
+
+    Every candidate starts from the same initial weights, and the winner's
+    model is returned with its weights, optimizer state and metrics reset to
+    before the timed steps, its compiled train step kept (no second compile).
+
+    Args:
+        build: `build(plan) -> keras.Model`, built and compiled for the plan
+            (called inside `plan.scope()`).
+        batch: an `(inputs, targets)` training batch of the real shape.
+        precision, jit_compile: as for `select_plan`; pinned values shrink
+            the candidates.
+        steps: timed steps per candidate.
+        cache_path: the JSON cache (default: `$KERAZOO_PLAN`, else
+            `~/.cache/kerazoo/plans.json`); False: no cache.
+        step_time: `step_time(model, plan, batch, steps) -> seconds per step`;
+            default times steps of `model.fit` with `time.perf_counter`.
+            Tests inject a fake here.
+        print_fn: where the summary line goes.
+
+    Returns:
+        `(plan, model)`.
+    """
+    candidates = candidate_plans(precision, jit_compile)
+    step_time = step_time or _time_train_steps
+    if cache_path is None:
+        cache_path = plan_cache_path()
+    models, initial_weights, key = {}, None, None
+    first = candidates[0]
+    with first.scope():
+        models[first] = build(first)
+    initial_weights = models[first].get_weights()
+    key = f"{machine_signature()}|{model_signature(models[first], batch)}"
+    if len(candidates) == 1:
+        return first, models[first]
+    cached = _read_plan_cache(cache_path, key) if cache_path else None
+    if cached is not None:
+        plan = TrainingPlan(cached["precision"], cached["jit_compile"],
+                            f"cached in {cache_path}: {cached['reason']}",
+                            xla_fusion=cached["xla_fusion"] and fusible_clustering_available())
+        print_fn(f"plan: {plan.reason}")
+        if plan == first or (plan.precision, plan.jit_compile, plan.xla_fusion) == (
+                first.precision, first.jit_compile, first.xla_fusion):
+            return plan, models[first]
+        with plan.scope():
+            model = build(plan)
+        model.set_weights(initial_weights)
+        return plan, model
+    seconds = {}
+    for plan in candidates:
+        if plan not in models:
+            with plan.scope():
+                models[plan] = build(plan)
+            models[plan].set_weights(initial_weights)
+        with plan.scope():
+            seconds[plan] = _timed_and_reset(models[plan], plan, batch, steps, step_time)
+    best = min(candidates, key=seconds.get)
+    tried = ", ".join(f"{_plan_label(p)} {seconds[p] * 1e3:.1f} ms/step" for p in candidates)
+    plan = dataclasses.replace(best, reason=f"timed {steps} steps of this model: {tried} -> {_plan_label(best)}")
+    print_fn(f"plan: {plan.reason}")
+    if cache_path:
+        _write_plan_cache(cache_path, key, plan)
+    return plan, models[best]
+
+
+def plan_cache_path():
+    """Where `choose_plan` caches its choices: `$KERAZOO_PLAN`, else `~/.cache/kerazoo/plans.json`."""
+    if os.environ.get("KERAZOO_PLAN"):
+        return os.environ["KERAZOO_PLAN"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "kerazoo", "plans.json")
+
+
+def machine_signature():
+    """CPU model, core count, GPUs and TensorFlow/Keras versions: what a timed plan depends on besides the model."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpus = [tf.config.experimental.get_device_details(g).get("device_name", "GPU")
+            for g in tf.config.list_physical_devices("GPU")]
+    return f"{cpu}; {os.cpu_count()} cores; {','.join(gpus) or 'no GPU'}; TF {tf.__version__}; Keras {keras.__version__}"
+
+
+def model_signature(model, batch):
+    """A short hash of the model's layers and weight shapes, its optimizer and the batch shapes.
+
+    Example:
+
+    >>> inputs = keras.Input((3,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    >>> len(model_signature(model, (np.zeros((4, 3)), np.zeros((4, 2)))))
+    16
+    """
+    parts = [type(layer).__name__ for layer in model._flatten_layers()]
+    parts += [tuple(w.shape) for w in model.weights]
+    parts += [type(model.optimizer).__name__ if model.optimizer else None]
+    parts += [(tuple(np.shape(t)), str(getattr(t, "dtype", ""))) for t in tf.nest.flatten(batch)]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def fusible_clustering_available():
+    """Whether XLA auto-clustering can be restricted to element-wise ops in this process.
+
+    TensorFlow reads TF_XLA_FLAGS once, when it first traces a function. If
+    that has not happened yet, this parses them now with
+    `--tf_xla_ops_to_cluster=FUSIBLE` added (only auto-clustering turned on
+    later is affected: off by default) and restores `TF_XLA_FLAGS`. If it has,
+    the restriction is available only when the user's TF_XLA_FLAGS had it.
+
+    Returns:
+        bool.
+    """
+    global _fusible_parsed_here
+    user_flags = os.environ.get("TF_XLA_FLAGS", "")
+    if _fusible_parsed_here or "tf_xla_ops_to_cluster=FUSIBLE" in user_flags:
+        return True
+    if "tf_xla_cpu_global_jit" in user_flags or "tf_xla_ops_to_cluster" in user_flags:
+        return False  # the user's own clustering flags: leave them alone
+    os.environ["TF_XLA_FLAGS"] = f"{user_flags} --tf_xla_cpu_global_jit {_FUSIBLE_FLAG}".strip()
+    try:
+        # Returns the previous value: True only if the flags were parsed just now, from our string.
+        parsed_now = bool(_set_cpu_global_jit(False))
+    finally:
+        if user_flags:
+            os.environ["TF_XLA_FLAGS"] = user_flags
+        else:
+            del os.environ["TF_XLA_FLAGS"]
+    if parsed_now:
+        _fusible_parsed_here = True
+    return _fusible_parsed_here
+
+
+@contextlib.contextmanager
+def _fusible_auto_clustering():
+    previous_jit = tf.config.optimizer.get_jit()
+    previous_global = _set_cpu_global_jit(True)
+    tf.config.optimizer.set_jit("autoclustering")
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_jit(previous_jit or False)
+        _set_cpu_global_jit(previous_global)
+
+
+def _set_cpu_global_jit(enabled):
+    from tensorflow.python.client import _pywrap_tf_session  # the only handle on this XLA flag
+
+    return _pywrap_tf_session.TF_SetTfXlaCpuGlobalJit(int(bool(enabled)))
+
+
+def _check_plan_options(precision, jit_compile):
+    if precision != "auto" and precision not in PRECISIONS:
+        raise ValueError(f"`precision` must be 'auto' or one of {PRECISIONS}; received {precision!r}.")
+    if jit_compile != "auto" and not isinstance(jit_compile, bool):
+        raise ValueError(f"`jit_compile` must be 'auto', True or False; received {jit_compile!r}.")
+
+
+def _plan_label(plan):
+    return plan.precision + (" + XLA" if plan.jit_compile else " + XLA fusion" if plan.xla_fusion else "")
+
+
+def _time_train_steps(model, plan, batch, steps):
+    """Median seconds of `steps` training steps through `fit` (its first step, the compile, is not counted).
+
+    `fit` traces the same functions the real training will call, so the
+    winner's real `fit` on batches of this shape starts without a new compile.
+    """
+    timer = _StepTimer()
+    model.fit(tf.data.Dataset.from_tensors(batch).repeat(), steps_per_epoch=steps + 1, epochs=1, verbose=0,
+              callbacks=[timer], shuffle=False)
+    return statistics.median(timer.seconds[1:])
+
+
+class _StepTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def _timed_and_reset(model, plan, batch, steps, step_time):
+    """Seconds per step; the model's weights, optimizer state and metrics are put back afterwards."""
+    weights = model.get_weights()
+    optimizer = model.optimizer
+    if optimizer is not None and not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    optimizer_state = [v.numpy() for v in optimizer.variables] if optimizer is not None else []
+    seconds = step_time(model, plan, batch, steps)
+    model.set_weights(weights)
+    if optimizer is not None:
+        for variable, value in zip(optimizer.variables, optimizer_state):
+            variable.assign(value)
+    model.reset_metrics()
+    return seconds
+
+
+def _read_plan_cache(path, key):
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"plan cache {path!r} is not valid JSON ({error}); fix or delete it.") from None
+    entry = entries.get(key) if isinstance(entries, dict) else None
+    if entry is None:
+        return None
+    if (entry.get("precision") not in PRECISIONS or not isinstance(entry.get("jit_compile"), bool)
+            or not isinstance(entry.get("xla_fusion", False), bool)):
+        raise ValueError(f"plan cache {path!r}: entry {key!r} must have precision in {PRECISIONS}, "
+                         f"boolean jit_compile and xla_fusion; received {entry!r}.")
+    return dict(entry, reason=entry.get("reason", ""), xla_fusion=entry.get("xla_fusion", False))
+
+
+def _write_plan_cache(path, key, plan):
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+    except (OSError, ValueError):
+        entries = {}
+    entries[key] = plan.to_dict()
+    write_json_atomically(path, entries)
+
+
+def write_json_atomically(path, value):
+    """Writes `value` as JSON to `path` through a temporary file and a rename (never half-written).
+
+    Args:
+        path: destination file.
+        value: JSON-serialisable value.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def cpu_bfloat16_speedup(size=1024, repeats=5):
-    """Speed of a bfloat16 matmul without XLA relative to a float32 matmul with XLA.
+    """Speed of a bfloat16 matmul without XLA relative to a float32 matmul with XLA (a machine figure).
 
     Args:
         size: side of the square matrices.
@@ -210,7 +504,8 @@ def compile_model(model, plan, optimizer=None, loss=None, metrics=None, **compil
     weight decay, as in GPT-2/nanoGPT: decaying them only pulls them to zero.
 
     Args:
-        model: a built `keras.Model` (build it inside `plan.policy_scope()`).
+        model: a built `keras.Model` (build it inside `plan.scope()`, and
+            train it there too when the plan has `xla_fusion`).
         plan: a `TrainingPlan` from `select_plan`.
         optimizer: an optimizer; defaults to `adamw()`.
         loss: the loss; defaults to sparse categorical cross-entropy on logits.
@@ -222,10 +517,6 @@ def compile_model(model, plan, optimizer=None, loss=None, metrics=None, **compil
     """
     if not isinstance(plan, TrainingPlan):
         raise TypeError(f"`plan` must be a TrainingPlan from select_plan(); received {type(plan).__name__}.")
-    if plan.xla_fusion:
-        # Global (not per model): functions traced from now on auto-cluster
-        # element-wise ops. Functions already running keep their graphs.
-        tf.config.optimizer.set_jit("autoclustering")
     optimizer = optimizer or adamw()
     if isinstance(optimizer, keras.optimizers.AdamW):
         optimizer.exclude_from_weight_decay(
@@ -234,6 +525,167 @@ def compile_model(model, plan, optimizer=None, loss=None, metrics=None, **compil
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                   jit_compile=plan.jit_compile, **compile_kwargs)
     return model
+
+
+def plan_from_flags(args, build=None, batch=None, print_fn=print):
+    """The training plan the runtime flags ask for (see `recipe_flags.add_runtime_flags`).
+
+    A checkpoint directory that already holds a plan (a resumed run) pins it,
+    unless the flags pin another. Otherwise, with `build` and `batch`, the plan
+    is timed per model by `choose_plan`; without them it follows `select_plan`.
+
+    Args:
+        args: parsed flags with `precision`, `jit_compile` and `checkpoint_dir`.
+        build: optional `build(plan) -> compiled keras.Model`.
+        batch: a training batch, with `build`.
+        print_fn: where the plan line goes.
+
+    Returns:
+        `(plan, model)`; model is None when `build` is not given.
+    """
+    jit = {"on": True, "off": False, "auto": "auto"}[args.jit_compile]
+    saved = Checkpoint.saved_plan(args.checkpoint_dir) if getattr(args, "checkpoint_dir", None) else None
+    if saved and args.precision == "auto" and jit == "auto":
+        plan = dataclasses.replace(saved, reason=f"from the checkpoint in {args.checkpoint_dir}: {saved.reason}")
+    elif build is not None:
+        plan, model = choose_plan(build, batch, args.precision, jit, print_fn=print_fn)
+        return plan, model
+    else:
+        plan = select_plan(args.precision, jit)
+    print_fn(f"plan: {plan.reason}")
+    if build is None:
+        return plan, None
+    with plan.scope():
+        return plan, build(plan)
+
+
+def runtime_callbacks(args, plan):
+    """The callbacks the runtime flags ask for: `Checkpoint` (`--checkpoint-dir`) and `TensorBoard` (`--logdir`).
+
+    Put them after callbacks that add to the epoch logs (e.g.
+    `LanguageModelProgress`), so that TensorBoard and the checkpoint see those.
+
+    Args:
+        args: parsed flags from `recipe_flags.add_runtime_flags`.
+        plan: the `TrainingPlan`, recorded in the checkpoint and in TensorBoard.
+
+    Returns:
+        A list of `keras.callbacks.Callback`.
+    """
+    callbacks = []
+    if args.logdir:
+        callbacks.append(TensorBoard(args.logdir, plan))
+    if args.checkpoint_dir:
+        callbacks.append(Checkpoint(args.checkpoint_dir, plan))
+    return callbacks
+
+
+def quiet_logs(args):
+    """A context manager hiding TensorFlow's C++ log lines unless `--verbose` or `TF_CPP_MIN_LOG_LEVEL` is set.
+
+    Example:
+
+    >>> import argparse
+    >>> with quiet_logs(argparse.Namespace(verbose=0)):
+    ...     pass
+    """
+    return quiet_native_logs(enabled=not args.verbose and "TF_CPP_MIN_LOG_LEVEL" not in os.environ)
+
+
+class TensorBoard(keras.callbacks.TensorBoard):
+    """Keras's `TensorBoard` callback that also records the training plan as text.
+
+    Args:
+        log_dir: where event files go.
+        plan: a `TrainingPlan` (or None).
+        **kwargs: passed on to `keras.callbacks.TensorBoard`.
+    """
+
+    def __init__(self, log_dir, plan=None, **kwargs):
+        super().__init__(log_dir, **kwargs)
+        self.plan = plan
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.plan is not None:
+            with tf.summary.create_file_writer(os.path.join(self.log_dir, "plan")).as_default():
+                tf.summary.text("plan", json.dumps(self.plan.to_dict()), step=0)
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Resumable training: saves weights and optimizer state after every epoch, restores them at the start.
+
+    Each save writes `epoch-NNNNN.weights.h5` through a temporary file and a
+    rename, then points `checkpoint.json` at it the same way, so a process
+    killed at any moment (SIGKILL included) leaves the previous complete
+    checkpoint in place; older files are removed afterwards. The plan is
+    saved in `plan.json` next to them. Starting `fit` again with the same
+    directory loads the last checkpoint and continues at the next epoch
+    (`initial_epoch` is set), printing from which one.
+
+    Args:
+        directory: the checkpoint directory (created).
+        plan: optional `TrainingPlan`, saved as `plan.json`.
+        print_fn: where the "resumed" line goes.
+
+    Attributes:
+        initial_epoch: epochs already done according to the checkpoint (0 if none).
+    """
+
+    def __init__(self, directory, plan=None, print_fn=print):
+        super().__init__()
+        self.directory, self.plan, self.print_fn = os.fspath(directory), plan, print_fn
+        state = self._state()
+        self.initial_epoch = state["epoch"] if state else 0
+
+    @staticmethod
+    def saved_plan(directory):
+        """The `TrainingPlan` saved in `directory` (None if there is none)."""
+        path = os.path.join(directory, "plan.json")
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return TrainingPlan(**json.load(f))
+
+    def _state(self):
+        path = os.path.join(self.directory, "checkpoint.json")
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        if not os.path.exists(os.path.join(self.directory, state["weights"])):
+            raise ValueError(f"checkpoint {path!r} names {state['weights']!r}, which is missing.")
+        return state
+
+    def on_train_begin(self, logs=None):
+        os.makedirs(self.directory, exist_ok=True)
+        for name in os.listdir(self.directory):
+            if name.startswith(".tmp-"):  # left by a process killed while writing
+                os.remove(os.path.join(self.directory, name))
+        if self.plan is not None:
+            write_json_atomically(os.path.join(self.directory, "plan.json"), self.plan.to_dict())
+        state = self._state()
+        if state is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(os.path.join(self.directory, state["weights"]))
+        self.initial_epoch = self.model._initial_epoch = state["epoch"]
+        self.print_fn(f"resumed from {self.directory}: {state['epoch']} epochs done "
+                      f"(optimizer step {int(self.model.optimizer.iterations.numpy())})")
+
+    def on_epoch_end(self, epoch, logs=None):
+        name = f"epoch-{epoch + 1:05d}.weights.h5"
+        tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{name}")
+        self.model.save_weights(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.directory, name))
+        write_json_atomically(os.path.join(self.directory, "checkpoint.json"),
+                              {"epoch": epoch + 1, "weights": name})
+        for old in os.listdir(self.directory):
+            if old.startswith("epoch-") and old.endswith(".weights.h5") and old != name:
+                os.remove(os.path.join(self.directory, old))
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -262,50 +714,86 @@ class LanguageModelProgress(keras.callbacks.Callback):
     """Prints step, train/validation loss, perplexity and tokens/s every epoch (= evaluation interval).
 
     Both losses are measured on `eval_batches` batches of each dataset, as
-    nanoGPT's `estimate_loss`, so they are comparable with each other.
+    nanoGPT's `estimate_loss`, so they are comparable with each other; each
+    estimate reads the next batches of the two streams (fresh random windows
+    from `lm_dataset`), not the same first ones again. The figures are added
+    to the epoch logs as `train_loss`, `val_loss`, `val_perplexity` and
+    `tokens_per_second`, so `History`, `EarlyStopping`, `TensorBoard` and
+    checkpoints placed after this callback see them. With `total_steps`,
+    training stops there even inside an epoch (a last, shorter interval).
 
     Args:
-        train_data, validation_data: datasets of (inputs, targets) batches.
+        train_data, validation_data: datasets of (inputs, targets) batches,
+            sampled for the estimates (keep `train_data` separate from the
+            stream `fit` reads).
         steps_per_epoch: training steps between evaluations.
         tokens_per_step: batch size x sequence length.
         eval_batches: batches per loss estimate.
+        total_steps: stop after this many steps (default: run all epochs).
         print_fn: where lines go.
 
     Attributes:
         history: list of dicts (step, train_loss, val_loss, seconds).
+        first_step_seconds: wall time of the first training step (tracing
+            and compiling included).
     """
 
     def __init__(self, train_data, validation_data, steps_per_epoch, tokens_per_step, eval_batches=20,
-                 print_fn=print):
+                 total_steps=None, print_fn=print):
         super().__init__()
         self.train_data, self.validation_data = train_data, validation_data
         self.steps_per_epoch, self.tokens_per_step = steps_per_epoch, tokens_per_step
-        self.eval_batches, self.print_fn = eval_batches, print_fn
+        self.eval_batches, self.total_steps, self.print_fn = eval_batches, total_steps, print_fn
         self.history = []
+        self.first_step_seconds = None
+        self._step = self._resumed_at = None
 
     def estimate(self, step):
-        train_loss = self.model.evaluate(self.train_data, steps=self.eval_batches, verbose=0)
-        val_loss = self.model.evaluate(self.validation_data, steps=self.eval_batches, verbose=0)
-        train_loss, val_loss = (float(np.ravel(v)[0]) for v in (train_loss, val_loss))
-        self.history.append(dict(step=step, train_loss=train_loss, val_loss=val_loss,
+        """Train and validation loss at `step`, each on the next `eval_batches` batches of its stream."""
+        skip = (self._resumed_at or 0) + len(self.history)
+        losses = [float(np.ravel(self.model.evaluate(ds.skip(skip * self.eval_batches), steps=self.eval_batches,
+                                                     verbose=0))[0])
+                  for ds in (self.train_data, self.validation_data)]
+        self.history.append(dict(step=step, train_loss=losses[0], val_loss=losses[1],
                                  seconds=time.perf_counter() - self._start))
-        return train_loss, val_loss
+        return losses
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
-        train_loss, val_loss = self.estimate(0)
-        self.print_fn(f"step     0: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                      f"val perplexity {np.exp(val_loss):.2f}")
-        self._epoch_start = time.perf_counter()
+        self._step, self._resumed_at = None, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._step is None:  # the first epoch of this run: epoch > 0 when resumed
+            self._step = epoch * self.steps_per_epoch
+            self._resumed_at = epoch
+            train_loss, val_loss = self.estimate(self._step)
+            self.print_fn(f"step {self._step:5d}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                          f"val perplexity {np.exp(val_loss):.2f}")
+        self._epoch_start, self._epoch_first_step = time.perf_counter(), self._step
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self.first_step_seconds is None:
+            self.first_step_seconds = time.perf_counter() - self._epoch_start
+            self.print_fn(f"first step: {self.first_step_seconds:.1f}s (tracing and compiling)")
+        if self.total_steps is not None and self._step >= self.total_steps:
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         elapsed = time.perf_counter() - self._epoch_start
-        step = (epoch + 1) * self.steps_per_epoch
-        train_loss, val_loss = self.estimate(step)
-        self.print_fn(f"step {step:5d}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                      f"val perplexity {np.exp(val_loss):.2f}, "
-                      f"{self.steps_per_epoch * self.tokens_per_step / elapsed:,.0f} tokens/s")
-        self._epoch_start = time.perf_counter()
+        tokens_per_second = (self._step - self._epoch_first_step) * self.tokens_per_step / elapsed
+        train_loss, val_loss = self.estimate(self._step)
+        self.print_fn(f"step {self._step:5d}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                      f"val perplexity {np.exp(val_loss):.2f}, {tokens_per_second:,.0f} tokens/s")
+        if logs is not None:
+            logs.update(train_loss=train_loss, val_loss=val_loss, val_perplexity=float(np.exp(val_loss)),
+                        tokens_per_second=tokens_per_second)
+
+    def on_train_end(self, logs=None):
+        if self._step is None:  # resumed from a checkpoint that had every epoch done
+            self._resumed_at = int(self.model.optimizer.iterations.numpy()) // self.steps_per_epoch
+            train_loss, val_loss = self.estimate(int(self.model.optimizer.iterations.numpy()))
+            self.print_fn(f"nothing left to train: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
 
 
 def save_keras_atomically(model, path):

@@ -14,6 +14,7 @@ label, is_sarcastic, sentiment (override with --text-column / --label-column).
 import argparse
 import sys
 
+import kerazoo  # noqa: F401 (before TensorFlow: its import notices stay hidden)
 import keras
 import numpy as np
 import tensorflow as tf
@@ -67,16 +68,13 @@ def parse_args(argv=None):
     fit.add_argument("--learning-rate", type=float, default=1e-3, help="Adam (default: 1e-3)")
     fit.add_argument("--patience", type=int, default=2,
                      help="early stopping: epochs without val_loss improvement (default: 2)")
-    fit.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
-                     help="XLA for the train step; auto = on for CPU, off on a GPU, where the "
-                          "cuDNN LSTM kernel cannot be XLA-compiled (default: auto)")
     fit.add_argument("--seed", type=int, default=0, help="(default: 0)")
     out = parser.add_argument_group("output")
     out.add_argument("--export-dir", default="saved_models", help="(default: saved_models)")
     out.add_argument("--name", default="lstm_classifier",
                      help="model name: exports go to EXPORT_DIR/NAME/<version>/ (default: lstm_classifier)")
-    out.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
-                     help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch")
+    # --jit-compile auto: XLA on a CPU, off on a GPU, where the cuDNN LSTM kernel cannot be XLA-compiled.
+    recipe_flags.add_runtime_flags(parser, precision="float32")
     return recipe_flags.parse_args(parser, argv, check_flags)
 
 
@@ -133,12 +131,16 @@ def dataset(split, vectorizer, batch_size, shuffle_seed=None):
     ds = tf.data.Dataset.from_tensor_slices((tf.constant(split.texts, tf.string), split.labels))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda t, y: (vectorizer(t), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return data.prefetched(ds.batch(batch_size).map(lambda t, y: (vectorizer(t), y)))
 
 
 def main(argv=None):
     args = parse_args(argv)
+    with training.quiet_logs(args):
+        return run(args)
+
+
+def run(args):
     keras.utils.set_random_seed(args.seed)
     with recipe_flags.exit_on(ValueError, FileNotFoundError):
         train, val = load_data(args)
@@ -161,26 +163,27 @@ def main(argv=None):
                          f"--standardize {args.standardize} (only empty or punctuation-only texts)")
     print(f"vocabulary: {vectorizer.vocabulary_size()} ids (padding and [UNK] included)")
 
-    on_gpu = bool(tf.config.list_physical_devices("GPU"))
-    jit = {"on": True, "off": False, "auto": not on_gpu}[args.jit_compile]
-    plan = training.select_plan("float32", jit_compile=jit)
-    with plan.policy_scope():
+    if args.jit_compile == "auto" and tf.config.list_physical_devices("GPU"):
+        args.jit_compile = "off"
+    plan, _ = training.plan_from_flags(args)
+    with plan.scope():
         model = models.lstm_classifier(args.vocab_size, args.embedding_dim, args.lstm_units,
                                        args.max_length, num_classes=len(label_names),
                                        bidirectional=args.bidirectional, dropout=args.dropout)
-    loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
-    training.compile_model(model, plan, optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss,
-                           metrics=["accuracy"])
-    print(f"plan: {plan.reason}")
-    model.summary(print_fn=lambda line, **_: print(line))
+        loss = "binary_crossentropy" if binary else "sparse_categorical_crossentropy"
+        training.compile_model(model, plan, optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss,
+                               metrics=["accuracy"])
+        model.summary(print_fn=lambda line, **_: print(line))
 
-    timer, guard = training.EpochTimer(), nonfinite.NonFiniteGuard()
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
-                                         restore_best_weights=True, verbose=1)
-    val_ds = dataset(val, vectorizer, args.batch_size)
-    model.fit(dataset(train, vectorizer, args.batch_size, shuffle_seed=args.seed),
-              validation_data=val_ds, epochs=args.epochs, callbacks=[guard, stop, timer],
-              verbose=args.verbose, shuffle=False)  # the dataset reshuffles itself every epoch
+        timer, guard = training.EpochTimer(), nonfinite.NonFiniteGuard()
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
+                                             restore_best_weights=True, verbose=1)
+        val_ds = dataset(val, vectorizer, args.batch_size)
+        model.fit(dataset(train, vectorizer, args.batch_size, shuffle_seed=args.seed),
+                  validation_data=val_ds, epochs=args.epochs,
+                  callbacks=[guard, stop, timer, *training.runtime_callbacks(args, plan)],
+                  verbose=recipe_flags.fit_verbosity(args),
+                  shuffle=False)  # the dataset reshuffles itself every epoch
     with recipe_flags.exit_on(FloatingPointError):
         guard.check(model)
     print(f"trained {len(timer.durations)} epochs, median {np.median(timer.durations):.1f}s per epoch"

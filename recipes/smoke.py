@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 
+import kerazoo  # noqa: F401 (before TensorFlow: its import notices stay hidden)
 import keras
 import numpy as np
 
@@ -31,8 +32,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=16, help="windows per step (default: 16)")
     parser.add_argument("--max-length", type=int, default=32, help="context length (default: 32)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--precision", default="float32", choices=training.PRECISIONS,
-                        help="dtype policy (default: float32; XLA is used with float32)")
+    recipe_flags.add_runtime_flags(parser, precision="float32", jit_compile="on")
     return recipe_flags.parse_args(parser, argv, check_flags)
 
 
@@ -45,6 +45,11 @@ def check_flags(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    with training.quiet_logs(args):
+        return run(args)
+
+
+def run(args):
     keras.utils.set_random_seed(args.seed)
     vocab = sorted(set(SAMPLE_TEXT))
     ids = np.array([vocab.index(c) for c in SAMPLE_TEXT], dtype="int32")
@@ -52,15 +57,15 @@ def main(argv=None):
     starts = rng.integers(0, len(ids) - args.max_length, size=args.steps * args.batch_size)
     windows = np.stack([ids[s:s + args.max_length + 1] for s in starts])
 
-    plan = training.select_plan(args.precision, jit_compile=True)
-    with plan.policy_scope():
+    plan, _ = training.plan_from_flags(args)
+    with plan.scope():
         model = models.transformer_lm(vocab_size=len(vocab), max_length=args.max_length, d_model=64,
                                       num_heads=4, num_layers=2, ff_dim=128)
-    training.compile_model(model, plan, optimizer=training.adamw(3e-3))
-    print(f"plan: {plan.reason}")
-    start = time.perf_counter()
-    history = model.fit(windows[:, :-1], windows[:, 1:], batch_size=args.batch_size, epochs=1,
-                        verbose=2)
+        training.compile_model(model, plan, optimizer=training.adamw(3e-3))
+        start = time.perf_counter()
+        history = model.fit(windows[:, :-1], windows[:, 1:], batch_size=args.batch_size, epochs=1,
+                            verbose=recipe_flags.fit_verbosity(args),
+                            callbacks=training.runtime_callbacks(args, plan))
     losses = history.history["loss"]
     print(f"trained {args.steps} steps in {time.perf_counter() - start:.1f}s, loss {losses[-1]:.3f}")
 

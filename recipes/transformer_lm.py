@@ -18,6 +18,7 @@ import json
 import sys
 import time
 
+import kerazoo  # noqa: F401 (before TensorFlow: its import notices stay hidden)
 import keras
 import numpy as np
 import tensorflow as tf
@@ -56,10 +57,6 @@ def parse_args(argv=None):
     fit.add_argument("--grad-clip", type=float, default=1.0, help="global norm; 0 = off (default: 1.0)")
     fit.add_argument("--eval-interval", type=int, default=25, help="steps between evaluations (default: 25)")
     fit.add_argument("--eval-batches", type=int, default=20, help="batches per loss estimate (default: 20)")
-    fit.add_argument("--precision", choices=("auto",) + training.PRECISIONS, default="auto",
-                     help="auto: whatever training.select_plan() finds fastest here (default)")
-    fit.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
-                     help="XLA for the train step (default: auto, from the plan)")
     fit.add_argument("--seed", type=int, default=0, help="(default: 0)")
     out = parser.add_argument_group("output")
     out.add_argument("--prompt", default="The ", help="prompt for the samples printed at the end")
@@ -74,6 +71,7 @@ def parse_args(argv=None):
     out.add_argument("--name", default="transformer_lm",
                      help="exports go to EXPORT_DIR/NAME/<version>/ (default: transformer_lm)")
     out.add_argument("--no-export", action="store_true", help="skip saving and exporting")
+    recipe_flags.add_runtime_flags(parser)
     return recipe_flags.parse_args(parser, argv, check_flags)
 
 
@@ -91,9 +89,6 @@ def check_flags(args):
     recipe_flags.in_range(args, "weight_decay", low=0)
     recipe_flags.in_range(args, "grad_clip", low=0)
     recipe_flags.in_range(args, "seed", 0, 2 ** 31 - 2)  # the validation windows use seed + 1
-    if args.max_steps % args.eval_interval:
-        raise ValueError(f"--max-steps {args.max_steps} must be a multiple of --eval-interval "
-                         f"{args.eval_interval}")
     if args.serve_new_tokens is None:
         args.serve_new_tokens = min(64, args.max_length // 2)
     recipe_flags.in_range(args, "serve_new_tokens", 1, args.max_length, high_open=True)
@@ -119,6 +114,11 @@ def encode(tokenizer, corpus):
 
 def main(argv=None):
     args = parse_args(argv)
+    with training.quiet_logs(args):
+        return run(args)
+
+
+def run(args):
     keras.utils.set_random_seed(args.seed)
     started = time.perf_counter()
     corpus = data.read_text(args.data) if args.data else data.sample_corpus()
@@ -138,31 +138,41 @@ def main(argv=None):
         recipe_flags.top_k_within(top_k, tokenizer.vocabulary_size)
         sample_tokens = recipe_flags.room_for_prompt(prompt_ids.size, args.sample_tokens, args.max_length)
 
-    jit = {"on": True, "off": False, "auto": "auto"}[args.jit_compile]
-    plan = training.select_plan(args.precision, jit_compile=jit)
-    print(f"plan: {plan.reason}")
-    with plan.policy_scope():
-        model = models.transformer_lm(tokenizer.vocabulary_size, args.max_length, args.d_model,
-                                      args.num_heads, args.num_layers, args.ff_dim, dropout=args.dropout)
-    schedule = training.warmup_cosine(args.learning_rate, args.warmup_steps, args.max_steps,
-                                      args.min_learning_rate)
-    optimizer = training.adamw(schedule, weight_decay=args.weight_decay,
-                               global_clipnorm=args.grad_clip or None)
-    training.compile_model(model, plan, optimizer=optimizer)
-    print(f"model: {model.count_params():,} parameters")
-
+    # Three streams of random windows: the one training reads, and fresh ones for the loss estimates.
     train_ds = data.lm_dataset(train_ids, args.max_length, args.batch_size, seed=args.seed)
     val_ds = data.lm_dataset(val_ids, args.max_length, args.batch_size, seed=args.seed + 1)
+    train_eval_ds = data.lm_dataset(train_ids, args.max_length, args.batch_size, seed=args.seed + 2)
+
+    def build(plan):
+        model = models.transformer_lm(tokenizer.vocabulary_size, args.max_length, args.d_model,
+                                      args.num_heads, args.num_layers, args.ff_dim, dropout=args.dropout)
+        schedule = training.warmup_cosine(args.learning_rate, args.warmup_steps, args.max_steps,
+                                          args.min_learning_rate)
+        optimizer = training.adamw(schedule, weight_decay=args.weight_decay,
+                                   global_clipnorm=args.grad_clip or None)
+        return training.compile_model(model, plan, optimizer=optimizer)
+
+    plan, model = training.plan_from_flags(args, build, train_eval_ds.take(1).get_single_element())
+    print(f"model: {model.count_params():,} parameters")
+
     guard = nonfinite.NonFiniteGuard()
-    progress = training.LanguageModelProgress(train_ds, val_ds, args.eval_interval,
-                                              args.batch_size * args.max_length, args.eval_batches)
-    model.fit(train_ds, epochs=args.max_steps // args.eval_interval, steps_per_epoch=args.eval_interval,
-              callbacks=[guard, progress], verbose=0, shuffle=False)  # windows are drawn at random offsets
+    progress = training.LanguageModelProgress(train_eval_ds, val_ds, args.eval_interval,
+                                              args.batch_size * args.max_length, args.eval_batches,
+                                              total_steps=args.max_steps)
+    runtime = training.runtime_callbacks(args, plan)
+    done = next((c.initial_epoch for c in runtime if isinstance(c, training.Checkpoint)), 0)
+    fit_started = time.perf_counter()
+    with plan.scope():
+        model.fit(train_ds.skip(done * args.eval_interval),  # a resumed run continues the stream
+                  epochs=-(-args.max_steps // args.eval_interval),  # the last interval may be shorter
+                  steps_per_epoch=args.eval_interval, callbacks=[guard, progress, *runtime], verbose=0,
+                  shuffle=False)  # windows are drawn at random offsets
     with recipe_flags.exit_on(FloatingPointError):
         guard.check(model)
     final = progress.history[-1]
     print(f"done: {args.max_steps} steps, val loss {final['val_loss']:.4f} "
-          f"(perplexity {np.exp(final['val_loss']):.2f}), {time.perf_counter() - started:.1f}s in total")
+          f"(perplexity {np.exp(final['val_loss']):.2f}), {time.perf_counter() - started:.1f}s in total, "
+          f"fit {time.perf_counter() - fit_started:.1f}s")
 
     for strategy, options in (("greedy", {}), ("top_k", dict(top_k=top_k, seed=args.seed))):
         ids = generation.generate(model, [prompt_ids], sample_tokens, strategy, **options)

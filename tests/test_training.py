@@ -43,12 +43,12 @@ def test_select_plan_rules():
         "float32", True,
         "CPU: precision float32 requested -> float32, jit_compile=True, xla_fusion=False")
     bf16 = training.select_plan("mixed_bfloat16")
-    assert (bf16.precision, bf16.jit_compile, bf16.xla_fusion) == ("mixed_bfloat16", False, True)
+    assert (bf16.precision, bf16.jit_compile) == ("mixed_bfloat16", False)
     assert training.select_plan("float32", jit_compile=False).jit_compile is False
+    assert training.select_plan("mixed_bfloat16", jit_compile=True).xla_fusion is False
+    # Without a model to time, "auto" on a CPU is float32 + XLA (no probe decides it).
     auto = training.select_plan()
-    speedup = training.cpu_bfloat16_speedup()
-    assert auto.precision == ("mixed_bfloat16" if speedup >= 1.3 else "float32")
-    assert auto.jit_compile == (auto.precision == "float32") != auto.xla_fusion
+    assert (auto.precision, auto.jit_compile, auto.xla_fusion) == ("float32", True, False)
 
 
 def test_select_plan_rejects_unknown_options():
@@ -83,11 +83,11 @@ def test_xla_fusion_plan_trains_like_the_plain_bfloat16_plan(rng):
     for fusion in (False, True):
         keras.utils.set_random_seed(5)
         plan = training.TrainingPlan("mixed_bfloat16", False, "test", xla_fusion=fusion)
-        with plan.policy_scope():
+        with plan.scope():
             model = _tiny_lm()
-        training.compile_model(model, plan, optimizer=training.adamw(1e-2))
-        assert tf.config.optimizer.get_jit() == ("autoclustering" if fusion else "")
-        losses[fusion] = model.fit(ids[:, :-1], ids[:, 1:], epochs=5, verbose=0).history["loss"]
-        tf.config.optimizer.set_jit(False)
+            training.compile_model(model, plan, optimizer=training.adamw(1e-2))
+            assert tf.config.optimizer.get_jit() == ("autoclustering" if fusion else "")
+            losses[fusion] = model.fit(ids[:, :-1], ids[:, 1:], epochs=5, verbose=0).history["loss"]
+        assert tf.config.optimizer.get_jit() == ""  # the scope restored it
     np.testing.assert_allclose(losses[True], losses[False], rtol=2e-2)
     assert losses[True][-1] < losses[True][0]

@@ -1,11 +1,11 @@
 """Data: labeled text for classifiers, language-modelling corpora, embedded samples, named datasets."""
 
-from kerazoo.data.corpus import lm_dataset, read_text, sample_corpus, split_text
+from kerazoo.data.corpus import lm_dataset, prefetched, read_text, sample_corpus, split_text
 from kerazoo.data.datasets import DATASETS, decode_imdb, load_dataset
 from kerazoo.data.labeled_text import LabeledText, load_labeled_text
 from kerazoo.data.pairs import encode_pairs, pairs_dataset, read_pairs
 from kerazoo.data.sample import sample_sentiment
 
 __all__ = ["DATASETS", "LabeledText", "decode_imdb", "encode_pairs", "lm_dataset", "load_dataset",
-           "load_labeled_text", "pairs_dataset", "read_pairs", "read_text", "sample_corpus", "sample_sentiment",
-           "split_text"]
+           "load_labeled_text", "pairs_dataset", "prefetched", "read_pairs", "read_text", "sample_corpus",
+           "sample_sentiment", "split_text"]
