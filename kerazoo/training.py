@@ -120,9 +120,12 @@ def select_plan(precision="auto", jit_compile="auto"):
     reason = "CPU: default" if precision == "auto" else f"CPU: precision {precision} requested"
     precision = "float32" if precision == "auto" else precision
     jit = (precision == "float32") if jit_compile == "auto" else jit_compile
-    fusion = not jit and precision == "mixed_bfloat16" and fusible_clustering_available()
+    wants_fusion = not jit and precision == "mixed_bfloat16"
+    fusion = wants_fusion and fusible_clustering_available()
+    why_not = (f" (needs TF_XLA_FLAGS={_FUSIBLE_FLAG} before TensorFlow starts)"
+               if wants_fusion and not fusion else "")
     return TrainingPlan(precision, jit, f"{reason} -> {precision}, jit_compile={jit}, "
-                        f"xla_fusion={fusion}", xla_fusion=fusion)
+                        f"xla_fusion={fusion}{why_not}", xla_fusion=fusion)
 
 
 def candidate_plans(precision="auto", jit_compile="auto"):
@@ -182,21 +185,22 @@ def choose_plan(build, batch, precision="auto", jit_compile="auto", steps=4, cac
     step_time = step_time or _time_train_steps
     if cache_path is None:
         cache_path = plan_cache_path()
-    models, initial_weights, key = {}, None, None
+    models = {}
     first = candidates[0]
     with first.scope():
         models[first] = build(first)
+    if len(candidates) == 1:
+        print_fn(f"plan: {first.reason}")
+        return first, models[first]
     initial_weights = models[first].get_weights()
     key = f"{machine_signature()}|{model_signature(models[first], batch)}"
-    if len(candidates) == 1:
-        return first, models[first]
     cached = _read_plan_cache(cache_path, key) if cache_path else None
     if cached is not None:
         plan = TrainingPlan(cached["precision"], cached["jit_compile"],
                             f"cached in {cache_path}: {cached['reason']}",
                             xla_fusion=cached["xla_fusion"] and fusible_clustering_available())
         print_fn(f"plan: {plan.reason}")
-        if plan == first or (plan.precision, plan.jit_compile, plan.xla_fusion) == (
+        if (plan.precision, plan.jit_compile, plan.xla_fusion) == (
                 first.precision, first.jit_compile, first.xla_fusion):
             return plan, models[first]
         with plan.scope():
@@ -205,11 +209,10 @@ def choose_plan(build, batch, precision="auto", jit_compile="auto", steps=4, cac
         return plan, model
     seconds = {}
     for plan in candidates:
-        if plan not in models:
-            with plan.scope():
-                models[plan] = build(plan)
-            models[plan].set_weights(initial_weights)
         with plan.scope():
+            if plan not in models:
+                models[plan] = build(plan)
+                models[plan].set_weights(initial_weights)
             seconds[plan] = _timed_and_reset(models[plan], plan, batch, steps, step_time)
     best = min(candidates, key=seconds.get)
     tried = ", ".join(f"{_plan_label(p)} {seconds[p] * 1e3:.1f} ms/step" for p in candidates)

@@ -1,11 +1,23 @@
 """Models from the layers train with XLA and with mixed_bfloat16; the training helper's plan and AdamW setup."""
 
+import argparse
+import glob
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerazoo import models, training
+from kerazoo import data, models, training
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _tiny_lm():
@@ -91,3 +103,233 @@ def test_xla_fusion_plan_trains_like_the_plain_bfloat16_plan(rng):
         assert tf.config.optimizer.get_jit() == ""  # the scope restored it
     np.testing.assert_allclose(losses[True], losses[False], rtol=2e-2)
     assert losses[True][-1] < losses[True][0]
+
+
+def _lm_batch(rng, batch_size=8, length=8):
+    ids = rng.integers(0, 20, size=(batch_size, length + 1)).astype("int32")
+    return ids[:, :-1], ids[:, 1:]
+
+
+def _build(plan):
+    return training.compile_model(_tiny_lm(), plan, optimizer=training.adamw(1e-2))
+
+
+def _fake_step_time(ms_per_step):
+    """A step timer that says what the test wants, per precision, and records what it was asked."""
+    asked = []
+
+    def step_time(model, plan, batch, steps):
+        asked.append((plan.precision, plan.jit_compile, model.get_layer("block_0").compute_dtype))
+        return ms_per_step[plan.precision] / 1e3
+
+    step_time.asked = asked
+    return step_time
+
+
+@pytest.mark.parametrize("faster", ["float32", "mixed_bfloat16"])
+def test_choose_plan_keeps_the_faster_candidate_and_caches_it(tmp_path, rng, faster):
+    timer = _fake_step_time({"float32": 10.0, "mixed_bfloat16": 20.0} if faster == "float32"
+                            else {"float32": 30.0, "mixed_bfloat16": 12.0})
+    lines, cache = [], tmp_path / "plans.json"
+    batch = _lm_batch(rng)
+    plan, model = training.choose_plan(_build, batch, cache_path=str(cache), step_time=timer,
+                                       print_fn=lines.append)
+    # Each candidate ran under its own plan: float32 with XLA, bfloat16 without.
+    assert timer.asked == [("float32", True, "float32"), ("mixed_bfloat16", False, "bfloat16")]
+    assert plan.precision == faster and plan.jit_compile == (faster == "float32")
+    assert model.get_layer("block_0").compute_dtype == ("float32" if faster == "float32" else "bfloat16")
+    assert model.jit_compile is plan.jit_compile
+    assert "float32 + XLA 10.0 ms/step" in lines[0] or "float32 + XLA 30.0 ms/step" in lines[0]
+    assert lines[0].endswith(f"-> {faster}" + (" + XLA" if faster == "float32" else ""))
+    saved = json.loads(cache.read_text())
+    assert [entry["precision"] for entry in saved.values()] == [faster]
+    # The cached choice is reused without timing anything.
+    again, _ = training.choose_plan(_build, batch, cache_path=str(cache), step_time=_fail_if_called,
+                                    print_fn=lines.append)
+    assert (again.precision, again.jit_compile) == (plan.precision, plan.jit_compile)
+    assert lines[-1].startswith(f"plan: cached in {cache}")
+
+
+def _fail_if_called(*args):
+    raise AssertionError("timed although the plan was cached or pinned")
+
+
+def test_choose_plan_returns_the_winner_untrained_and_pinned_flags_skip_timing(tmp_path, rng):
+    batch = _lm_batch(rng)
+    keras.utils.set_random_seed(3)
+    reference = _build(training.select_plan("mixed_bfloat16"))
+    keras.utils.set_random_seed(3)
+    plan, model = training.choose_plan(_build, batch, cache_path=False, print_fn=lambda line: None,
+                                       step_time=lambda m, p, b, s: training._time_train_steps(m, p, b, s) * (
+                                           100 if p.precision == "float32" else 1))
+    assert plan.precision == "mixed_bfloat16"
+    # The timed steps were undone: the winner starts from the first candidate's initial weights.
+    assert int(model.optimizer.iterations.numpy()) == 0
+    for got, want in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    pinned, _ = training.choose_plan(_build, batch, precision="float32", cache_path=str(tmp_path / "p.json"),
+                                     step_time=_fail_if_called)
+    assert (pinned.precision, pinned.jit_compile) == ("float32", True)
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_plan_cache_errors_name_the_file(tmp_path, rng):
+    cache = tmp_path / "plans.json"
+    cache.write_text("{not json")
+    with pytest.raises(ValueError, match="plans.json.*not valid JSON"):
+        training.choose_plan(_build, _lm_batch(rng), cache_path=str(cache), step_time=_fail_if_called)
+
+
+def test_import_and_plans_leave_process_settings_as_they_were():
+    """`import kerazoo` changes no environment variable or TensorFlow JIT setting; a plan's scope restores them."""
+    code = textwrap.dedent("""
+        import os
+        import numpy as np
+        import tensorflow as tf
+        from tensorflow.python.client import _pywrap_tf_session as session
+        environ, jit = dict(os.environ), tf.config.optimizer.get_jit()
+        import kerazoo
+        from kerazoo import models, training
+        assert dict(os.environ) == environ, set(os.environ.items()) ^ set(environ.items())
+        assert tf.config.optimizer.get_jit() == jit
+        plan = training.select_plan("mixed_bfloat16")
+        assert plan.xla_fusion, plan  # the user's TF_XLA_FLAGS restrict clustering to element-wise ops
+        assert dict(os.environ) == environ
+        with plan.scope():
+            assert tf.config.optimizer.get_jit() == "autoclustering"
+            model = models.transformer_lm(20, 8, 16, 2, 1, 32)
+            training.compile_model(model, plan)
+            ids = np.zeros((4, 9), "int32")
+            model.fit(ids[:, :-1], ids[:, 1:], epochs=1, verbose=0)
+        assert tf.config.optimizer.get_jit() == jit
+        assert session.TF_SetTfXlaCpuGlobalJit(0) == 0  # CPU global JIT is off again
+        assert dict(os.environ) == environ
+        assert tf.keras.mixed_precision.global_policy().name == "float32"
+        print("ok")
+    """)
+    env = dict(os.environ, TF_XLA_FLAGS="--tf_xla_ops_to_cluster=FUSIBLE")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            cwd=ROOT, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_a_plan_says_when_xla_fusion_cannot_take_effect(monkeypatch):
+    # In this process TensorFlow has long read TF_XLA_FLAGS, without the element-wise restriction.
+    monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
+    plan = training.select_plan("mixed_bfloat16")
+    assert not plan.xla_fusion
+    assert "xla_fusion=False (needs TF_XLA_FLAGS=--tf_xla_ops_to_cluster=FUSIBLE" in plan.reason
+
+
+def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path, rng):
+    x, y = _lm_batch(rng, batch_size=16)
+    plan = training.TrainingPlan("float32", False, "test")
+
+    def run(epochs, directory):
+        keras.utils.set_random_seed(7)
+        model = _build(plan)
+        checkpoint = training.Checkpoint(directory, plan, print_fn=lines.append)
+        model.fit(x, y, batch_size=8, epochs=epochs, shuffle=False, verbose=0, callbacks=[checkpoint])
+        return model
+
+    lines = []
+    uninterrupted = run(4, tmp_path / "a")
+    run(2, tmp_path / "b")  # "killed" after two epochs
+    assert training.Checkpoint(tmp_path / "b").initial_epoch == 2
+    resumed = run(4, tmp_path / "b")
+    assert lines == [f"resumed from {tmp_path / 'b'}: 2 epochs done (optimizer step 4)"]
+    assert int(resumed.optimizer.iterations.numpy()) == 8
+    for got, want in zip(resumed.get_weights(), uninterrupted.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert sorted(os.listdir(tmp_path / "b")) == ["checkpoint.json", "epoch-00004.weights.h5", "plan.json"]
+    assert training.Checkpoint.saved_plan(tmp_path / "b") == plan
+
+
+def test_checkpoint_survives_sigkill_during_the_write(tmp_path, rng):
+    """A process killed while writing its second checkpoint leaves the first one, whole, to resume from."""
+    code = textwrap.dedent(f"""
+        import os, signal
+        import keras, numpy as np
+        from kerazoo import models, training
+        saves = []
+        save_weights = keras.Model.save_weights
+        def dying_save(self, path, *args, **kwargs):
+            saves.append(path)
+            save_weights(self, path, *args, **kwargs)
+            if len(saves) == 2:  # the second checkpoint: half-written, then killed
+                with open(path, "r+b") as f:
+                    f.truncate(os.path.getsize(path) // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+        keras.Model.save_weights = dying_save
+        model = models.transformer_lm(20, 8, 16, 2, 1, 32)
+        plan = training.TrainingPlan("float32", False, "test")
+        training.compile_model(model, plan)
+        ids = np.zeros((8, 9), "int32")
+        model.fit(ids[:, :-1], ids[:, 1:], epochs=3, verbose=0,
+                  callbacks=[training.Checkpoint({str(tmp_path)!r}, plan)])
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    names = sorted(os.listdir(tmp_path))
+    assert "epoch-00001.weights.h5" in names and any(n.startswith(".tmp-") for n in names), names
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["epoch"] == 1
+    model = _tiny_lm()
+    training.compile_model(model, training.TrainingPlan("float32", False, "test"))
+    lines = []
+    x, y = _lm_batch(rng)
+    model.fit(x, y, epochs=2, verbose=0, callbacks=[training.Checkpoint(tmp_path, print_fn=lines.append)])
+    assert lines[0].startswith(f"resumed from {tmp_path}: 1 epochs done")
+    assert not any(n.startswith(".tmp-") for n in os.listdir(tmp_path))
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["epoch"] == 2
+
+
+def _lm_progress_fit(tmp_path, rng, logdir=None, total_steps=None, epochs=3):
+    ids = rng.integers(0, 20, size=2000)
+    stream = lambda seed: data.lm_dataset(ids, 8, 4, seed=seed)  # noqa: E731
+    plan = training.TrainingPlan("float32", False, "test")
+    model = training.compile_model(_tiny_lm(), plan, optimizer=training.adamw(0.0, weight_decay=0.0))
+    progress = training.LanguageModelProgress(stream(1), stream(2), 3, 32, eval_batches=2,
+                                              total_steps=total_steps, print_fn=lambda line: None)
+    args = argparse.Namespace(logdir=logdir, checkpoint_dir=None)
+    history = model.fit(stream(0), epochs=epochs, steps_per_epoch=3, verbose=0,
+                        callbacks=[progress, *training.runtime_callbacks(args, plan)])
+    return progress, history
+
+
+def test_language_model_progress_draws_fresh_batches_and_logs_to_keras(tmp_path, rng):
+    # A learning rate of 0 keeps the model fixed: the estimates differ only through their batches.
+    progress, history = _lm_progress_fit(tmp_path, rng, total_steps=7)
+    assert [h["step"] for h in progress.history] == [0, 3, 6, 7]  # the last interval is shorter
+    train_losses = [h["train_loss"] for h in progress.history]
+    assert len(set(train_losses)) == len(train_losses)
+    assert history.history["val_loss"] == [h["val_loss"] for h in progress.history[1:]]
+    assert history.history["train_loss"] == train_losses[1:]
+    assert all(t > 0 for t in history.history["tokens_per_second"])
+    assert progress.first_step_seconds > 0
+
+
+def test_logdir_writes_tensorboard_scalars_and_the_plan(tmp_path, rng):
+    _lm_progress_fit(tmp_path, rng, logdir=str(tmp_path / "tb"), epochs=2)
+    tags = {}
+    for path in glob.glob(str(tmp_path / "tb" / "*" / "events.out.tfevents.*")):
+        run = os.path.basename(os.path.dirname(path))
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.setdefault(run, set()).update(value.tag for value in event.summary.value)
+    assert {"epoch_loss", "epoch_learning_rate", "epoch_train_loss", "epoch_tokens_per_second"} <= tags["train"]
+    assert {"epoch_loss", "epoch_perplexity"} <= tags["validation"]  # val_loss, val_perplexity
+    assert "plan" in tags["plan"]
+
+
+def test_quiet_logs_hide_descriptor_2_but_not_python_stderr(capfd, monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL")
+    with training.quiet_logs(argparse.Namespace(verbose=0)):
+        os.write(2, b"native line\n")
+        print("python line", file=sys.stderr)
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "python line\nafter\n"
+    for verbose, level in ((1, None), (0, "1")):  # --verbose, or the user's own TF_CPP_MIN_LOG_LEVEL
+        if level:
+            monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", level)
+        with training.quiet_logs(argparse.Namespace(verbose=verbose)):
+            os.write(2, b"shown\n")
+        assert capfd.readouterr().err == "shown\n"
