@@ -7,6 +7,8 @@ import os
 import pathlib
 import sys
 
+from kerazoo.native_logs import quiet_native_logs
+
 RECIPES = pathlib.Path(__file__).resolve().parent.parent / "recipes"
 
 
@@ -31,13 +33,15 @@ def main(argv=None):
                                   description="Show an export's versions and its signatures.")
     inspect.add_argument("path", help="a model folder or a version folder")
     commands.add_parser("recipes", help="list the runnable recipes", description="List the recipes.")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's C++ log lines")
     args = parser.parse_args(argv)
     try:
-        if args.command == "recipes":
-            return _list_recipes()
-        if args.command == "inspect":
-            return _inspect(args.path)
-        return _predict(args.path, args.texts, args.json)
+        with quiet_native_logs(enabled=not args.verbose and "TF_CPP_MIN_LOG_LEVEL" not in os.environ):
+            if args.command == "recipes":
+                return _list_recipes()
+            if args.command == "inspect":
+                return _inspect(args.path)
+            return _predict(args.path, args.texts, args.json)
     except (FileNotFoundError, ValueError) as error:
         print(f"kerazoo {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -57,9 +57,10 @@ def generate(model, prompt_ids, max_new_tokens, strategy="greedy", temperature=1
 
     Example:
 
+    >>> from kerazoo import models
     >>> model = models.transformer_lm(vocab_size=50, max_length=32, d_model=16,
     ...                               num_heads=2, num_layers=1, ff_dim=32)
-    >>> generate(model, [[1, 2, 3], [4]], max_new_tokens=5).shape
+    >>> tuple(generate(model, [[1, 2, 3], [4]], max_new_tokens=5, jit_compile=False).shape)
     (2, 8)
     """
     embedding, blocks = _decoder_layers(model)

@@ -52,9 +52,11 @@ def translate(model, source_ids, max_new_tokens, start_token, stop_token, strate
 
     Example:
 
+    >>> from kerazoo import models
     >>> model = models.transformer_seq2seq(50, 60, max_length=16, d_model=16, num_heads=2,
     ...                                    num_layers=1, ff_dim=32)
-    >>> translate(model, [[5, 6, 7], [8]], 10, start_token=2, stop_token=3).shape
+    >>> tuple(translate(model, [[5, 6, 7], [8]], 10, start_token=2, stop_token=3,
+    ...                 jit_compile=False).shape)
     (2, 10)
     """
     parts = Seq2SeqDecoder(model)

@@ -22,8 +22,3 @@ def _seed_and_restore_global_state(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
-
-
-@pytest.fixture(autouse=True)
-def _doctest_namespace(doctest_namespace):
-    doctest_namespace.update(np=np, keras=keras)

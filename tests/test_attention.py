@@ -90,12 +90,32 @@ def test_keras_mask_from_embedding_equals_explicit_padding_mask(rng):
     assert not np.allclose(layer(unmasked)[0, :3], np.asarray(explicit)[0, :3])
 
 
-def test_mixed_bfloat16_computes_in_bfloat16_with_float32_softmax(rng):
-    layer = MultiHeadSelfAttention(HEADS, causal=True, dtype="mixed_bfloat16")
-    out, scores = layer(rng.normal(size=(BATCH, SEQ, D_MODEL)).astype("float32"),
+@pytest.mark.parametrize("policy,tolerance", [("mixed_bfloat16", 3e-2), ("mixed_float16", 3e-3)])
+def test_mixed_precision_computes_in_half_and_stays_near_float32(rng, policy, tolerance):
+    """The same weights in float32 are the oracle: close (half-precision rounding), yet not identical."""
+    x = rng.normal(size=(BATCH, SEQ, D_MODEL)).astype("float32")
+    reference = MultiHeadSelfAttention(HEADS, causal=True)
+    expected, expected_scores = reference(x, padding_mask=_padding_mask(), return_attention_scores=True)
+    layer = MultiHeadSelfAttention(HEADS, causal=True, dtype=policy)
+    layer.build(x.shape)
+    layer.set_weights(reference.get_weights())
+    out, scores = layer(x, padding_mask=_padding_mask(), return_attention_scores=True)
+    assert out.dtype == policy.split("_")[1] and layer.qkv_dense.kernel.dtype == "float32"
+    out, scores = np.asarray(out, "float32"), np.asarray(scores, "float32")
+    np.testing.assert_allclose(out, expected, atol=tolerance)
+    np.testing.assert_allclose(scores, expected_scores, atol=tolerance)
+    assert np.abs(out - np.asarray(expected)).max() > 0  # it really ran in half precision
+
+
+def test_float16_softmax_of_a_fully_masked_row_is_finite(rng):
+    """-1e9 is -inf in float16, so a float16 softmax of a row with every key masked is NaN (keras#17571)."""
+    layer = MultiHeadSelfAttention(HEADS, dtype="mixed_float16")
+    mask = np.ones((2, SEQ), bool)
+    mask[1] = False
+    out, scores = layer(rng.normal(size=(2, SEQ, D_MODEL)).astype("float32"), padding_mask=mask,
                         return_attention_scores=True)
-    assert out.dtype == "bfloat16" and layer.qkv_dense.kernel.dtype == "float32"
-    np.testing.assert_allclose(np.asarray(scores, "float32").sum(-1), 1.0, atol=2e-2)
+    assert np.isfinite(np.asarray(out, "float32")).all()
+    np.testing.assert_allclose(np.asarray(scores, "float32")[1], 1 / SEQ, rtol=1e-3)  # uniform, not NaN
 
 
 def test_key_dim_may_be_set_when_heads_do_not_divide_d_model(rng):

@@ -136,6 +136,20 @@ def test_other_prompt_lengths_reuse_the_compiled_loop(lm):
     assert function.experimental_get_tracing_count() == traces
 
 
+def test_buffers_shorter_than_max_length_decode_like_naive_recomputation():
+    """max_length 160 > the 64-token bucket: the cache is 64 or 128 long, one trace serves both prompts."""
+    keras.utils.set_random_seed(2)
+    model = models.transformer_lm(vocab_size=40, max_length=160, d_model=16, num_heads=2, num_layers=1,
+                                  ff_dim=32)
+    traces = None
+    for prompt, steps in (([5, 6, 7], 10), ([4, 5, 6], 12), (list(range(1, 40)) * 2, 6)):
+        assert generation.bucket_length(len(prompt) + steps, 160) < 160
+        assert generation.generate(model, [prompt], steps)[0].tolist() == _naive_greedy(model, prompt, steps)
+        function = generation._compiled[model][("greedy", True)]
+        traces = traces or function.experimental_get_tracing_count()  # the second prompt: same bucket
+    assert function.experimental_get_tracing_count() == traces + 1  # only the 128 bucket traced again
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(prompt_ids=[list(range(1, 40)) + [1] * 9], max_new_tokens=1), "exceeds the model's max_length=48"),
     (dict(max_new_tokens=0), "max_new_tokens.*>= 1"),

@@ -45,7 +45,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     Example:
 
     >>> layer = MultiHeadSelfAttention(num_heads=4, causal=True)
-    >>> layer(keras.random.normal((2, 10, 32))).shape
+    >>> tuple(layer(keras.random.normal((2, 10, 32))).shape)
     (2, 10, 32)
     """
 
@@ -242,7 +242,7 @@ class MultiHeadCrossAttention(MultiHeadSelfAttention):
     Example:
 
     >>> layer = MultiHeadCrossAttention(num_heads=4)
-    >>> layer(keras.random.normal((2, 5, 32)), keras.random.normal((2, 9, 16))).shape
+    >>> tuple(layer(keras.random.normal((2, 5, 32)), keras.random.normal((2, 9, 16))).shape)
     (2, 5, 32)
     """
 

@@ -38,7 +38,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
     Example:
 
     >>> layer = TokenAndPositionEmbedding(vocab_size=100, max_length=16, embedding_dim=8)
-    >>> layer(keras.ops.ones((2, 5), dtype="int32")).shape
+    >>> tuple(layer(keras.ops.ones((2, 5), dtype="int32")).shape)
     (2, 5, 8)
     """
 

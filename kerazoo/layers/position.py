@@ -90,7 +90,7 @@ class PositionalEncoding(_AddedPositions):
     Example:
 
     >>> layer = PositionalEncoding(max_length=64)
-    >>> layer(keras.ops.zeros((1, 10, 16))).shape
+    >>> tuple(layer(keras.ops.zeros((1, 10, 16))).shape)
     (1, 10, 16)
     """
 
@@ -121,7 +121,7 @@ class PositionEmbedding(_AddedPositions):
     Example:
 
     >>> layer = PositionEmbedding(max_length=64)
-    >>> layer(keras.ops.zeros((1, 10, 16))).shape
+    >>> tuple(layer(keras.ops.zeros((1, 10, 16))).shape)
     (1, 10, 16)
     """
 

@@ -40,7 +40,7 @@ class TransformerBlock(keras.layers.Layer):
     Example:
 
     >>> block = TransformerBlock(num_heads=2, ff_dim=64, causal=True)
-    >>> block(keras.random.normal((2, 10, 32))).shape
+    >>> tuple(block(keras.random.normal((2, 10, 32))).shape)
     (2, 10, 32)
     """
 
@@ -171,7 +171,7 @@ class TransformerDecoderBlock(TransformerBlock):
     Example:
 
     >>> block = TransformerDecoderBlock(num_heads=2, ff_dim=64)
-    >>> block(keras.random.normal((2, 6, 32)), keras.random.normal((2, 9, 32))).shape
+    >>> tuple(block(keras.random.normal((2, 6, 32)), keras.random.normal((2, 9, 32))).shape)
     (2, 6, 32)
     """
 

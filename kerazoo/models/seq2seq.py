@@ -43,7 +43,7 @@ def transformer_seq2seq(source_vocab, target_vocab, max_length=32, d_model=256, 
 
     >>> model = transformer_seq2seq(100, 120, max_length=16, d_model=32, num_heads=2,
     ...                             num_layers=1, ff_dim=64)
-    >>> model([keras.ops.ones((2, 7), "int32"), keras.ops.ones((2, 5), "int32")]).shape
+    >>> tuple(model([keras.ops.ones((2, 7), "int32"), keras.ops.ones((2, 5), "int32")]).shape)
     (2, 5, 120)
     """
     _check_positive(source_vocab=source_vocab, target_vocab=target_vocab, max_length=max_length,
@@ -103,7 +103,7 @@ def rnn_seq2seq(source_vocab, target_vocab, embedding_dim=256, units=512, cell="
     Example:
 
     >>> model = rnn_seq2seq(100, 120, embedding_dim=8, units=16)
-    >>> model([keras.ops.ones((2, 7), "int32"), keras.ops.ones((2, 5), "int32")]).shape
+    >>> tuple(model([keras.ops.ones((2, 7), "int32"), keras.ops.ones((2, 5), "int32")]).shape)
     (2, 5, 120)
     """
     _check_positive(source_vocab=source_vocab, target_vocab=target_vocab, embedding_dim=embedding_dim,

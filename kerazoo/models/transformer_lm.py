@@ -40,7 +40,7 @@ def transformer_lm(vocab_size=10000, max_length=128, d_model=512, num_heads=8, n
 
     >>> model = transformer_lm(vocab_size=100, max_length=16, d_model=32,
     ...                        num_heads=2, num_layers=1, ff_dim=64)
-    >>> model(keras.ops.ones((2, 16), dtype="int32")).shape
+    >>> tuple(model(keras.ops.ones((2, 16), dtype="int32")).shape)
     (2, 16, 100)
     """
     token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")

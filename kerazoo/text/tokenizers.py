@@ -91,7 +91,7 @@ class CharTokenizer(_VocabularyTokenizer):
     Example:
 
     >>> tokenizer = CharTokenizer.learn(["hello world"])
-    >>> tokenizer.detokenize(tokenizer(["hold"])).numpy()
+    >>> tokenizer.detokenize(tokenizer(tf.constant(["hold"]))).numpy()
     array([b'hold'], dtype=object)
     """
 
@@ -158,7 +158,7 @@ class WordPieceTokenizer(_VocabularyTokenizer):
     Example:
 
     >>> tokenizer = WordPieceTokenizer.learn(["the cat sat", "the cats sat"], vocab_size=40)
-    >>> tokenizer.detokenize(tokenizer(["the cats"])).numpy()
+    >>> tokenizer.detokenize(tokenizer(tf.constant(["the cats"]))).numpy()
     array([b'the cats'], dtype=object)
     """
 
