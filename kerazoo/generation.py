@@ -64,6 +64,11 @@ def generate(model, prompt_ids, max_new_tokens, strategy="greedy", temperature=1
     (2, 8)
     """
     embedding, blocks = _decoder_layers(model)
+    _check_token_id("pad_id", pad_id, embedding.vocab_size)
+    if stop_token is not None:
+        _check_token_id("stop_token", stop_token, embedding.vocab_size)
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2 ** 31):
+        raise ValueError(f"`seed` must be None or an integer in [0, 2**31); received {seed!r}.")
     prompts = _as_prompt_list(prompt_ids, embedding.vocab_size, prompt_padding, pad_id)
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"`max_new_tokens` must be an integer >= 1; received {max_new_tokens!r}.")
@@ -235,7 +240,17 @@ def _decoder_layers(model):
 def _as_prompt_list(prompt_ids, vocab_size, padding, pad_id):
     if padding not in (None, "left", "right"):
         raise ValueError(f"`prompt_padding` must be None, 'left' or 'right'; received {padding!r}.")
-    prompts = [np.asarray(p, dtype=np.int64).ravel() for p in prompt_ids]
+    if isinstance(prompt_ids, (str, bytes)) or not hasattr(prompt_ids, "__iter__"):
+        raise ValueError(f"`prompt_ids` must be a list of token-id sequences or a 2-D int array; "
+                         f"received {type(prompt_ids).__name__}.")
+    prompts = [np.asarray(p) for p in prompt_ids]
+    for row, prompt in enumerate(prompts):
+        if prompt.ndim != 1:
+            raise ValueError(f"prompt {row} must be a 1-D sequence of token ids; received shape {prompt.shape} "
+                             "(one prompt is `[[id, ...]]`).")
+        if prompt.size and not np.issubdtype(prompt.dtype, np.integer):
+            raise ValueError(f"prompt {row} must hold integer token ids; received dtype {prompt.dtype}.")
+        prompts[row] = prompt.astype(np.int64)
     if not prompts:
         raise ValueError("`prompt_ids` is empty: give at least one prompt.")
     for row, prompt in enumerate(prompts):
@@ -257,16 +272,25 @@ def _check_sampling(strategy, temperature, top_k, top_p):
     if strategy == "greedy" and (temperature != 1.0 or top_k is not None or top_p is not None):
         raise ValueError("strategy='greedy' takes no temperature, top_k or top_p; "
                          "use strategy='sample', 'top_k' or 'top_p'.")
-    if temperature <= 0:
-        raise ValueError(f"`temperature` must be > 0; received {temperature!r}.")
+    if not isinstance(temperature, (int, float, np.number)) or not 0 < temperature < np.inf:
+        raise ValueError(f"`temperature` must be a finite number > 0; received {temperature!r}.")
     if (strategy == "top_k") != (top_k is not None):
         raise ValueError(f"`top_k` goes with strategy='top_k' (and it needs it); "
                          f"received strategy={strategy!r}, top_k={top_k!r}.")
     if (strategy == "top_p") != (top_p is not None):
         raise ValueError(f"`top_p` goes with strategy='top_p' (and it needs it); "
                          f"received strategy={strategy!r}, top_p={top_p!r}.")
-    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or top_k < 1):
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"`top_k` must be a positive integer; received {top_k!r}.")
-    if top_p is not None and not 0 < top_p <= 1:
+    if top_p is not None and not (isinstance(top_p, (int, float, np.number)) and 0 < top_p <= 1):
         raise ValueError(f"`top_p` must be in (0, 1]; received {top_p!r}.")
     return dict(temperature=float(temperature), top_k=top_k or 1, top_p=top_p or 1.0)
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_token_id(name, value, vocab_size):
+    if not _is_int(value) or not 0 <= value < vocab_size:
+        raise ValueError(f"`{name}` must be a token id in [0, {vocab_size}); received {value!r}.")

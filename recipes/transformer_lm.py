@@ -183,7 +183,8 @@ def run(args):
     keras_path, vocabulary_path = args.outputs[".keras"], args.outputs[".vocabulary.json"]
     training.save_keras_atomically(model, keras_path)
     tokenizer.save_vocabulary(vocabulary_path)
-    print(f"saved {keras_path} and {vocabulary_path}")
+    print(f"saved {keras_path} (load it with keras.models.load_model after `import kerazoo`, which "
+          f"registers its layers) and {vocabulary_path}")
     version_path = export.export_text_generator(model, tokenizer, args.export_dir, args.name,
                                                 max_new_tokens=args.serve_new_tokens)
     print(f"exported {version_path}")

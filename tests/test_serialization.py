@@ -60,3 +60,26 @@ def test_saved_model_reloads_in_a_fresh_process_without_custom_objects(tmp_path,
     assert result.returncode == 0, result.stderr[-3000:]
     assert ("reloaded ['TokenAndPositionEmbedding', 'PositionEmbedding', 'PositionalEncoding', "
             "'TransformerBlock', 'TransformerBlock']") in result.stdout
+
+
+def test_loading_without_import_kerazoo_fails_naming_the_kerazoo_class(tmp_path):
+    """Keras imports only its own packages while loading; the README and the LM recipe say `import kerazoo`.
+
+    Keras offers no entry point through which a package registers itself for
+    `load_model`, so the failure is Keras's own TypeError; this pins down that
+    it names the kerazoo class and module, which the README's note explains.
+    """
+    _model_with_every_layer().save(tmp_path / "model.keras")
+    script = textwrap.dedent(f"""
+        import keras
+        try:
+            keras.models.load_model({str(tmp_path / "model.keras")!r})
+        except TypeError as error:
+            print("TypeError:", "Could not locate class 'TokenAndPositionEmbedding'" in str(error),
+                  "'module': 'kerazoo.layers.embedding'" in str(error))
+        import kerazoo
+        print("after import kerazoo:", type(keras.models.load_model({str(tmp_path / "model.keras")!r})).__name__)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "TypeError: True True" in result.stdout and "after import kerazoo: Functional" in result.stdout
