@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 
 import keras
 import tensorflow as tf
@@ -26,7 +27,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def export_saved_model(model, directory, name, version=None, preprocessor=None, serve_fn=None,
-                       input_name="text"):
+                       input_name="text", quantize=None):
     """Exports a classifier (or any string-in model) for TF Serving.
 
     The `serving_default` signature takes `input_name`: a `[None]` string
@@ -45,6 +46,11 @@ def export_saved_model(model, directory, name, version=None, preprocessor=None, 
         serve_fn: instead of the classifier outputs, a function from the
             `[batch]` string tensor to a dict of dense tensors.
         input_name: name of the string input in the signature.
+        quantize: None, or "int8": export a copy of `model` quantized with
+            Keras's own post-training `model.quantize("int8")` (the kernels of
+            Dense/EinsumDense and the tables of Embedding layers become int8
+            with float32 scales; other layers, e.g. LSTM, stay float32).
+            `model` itself is left unchanged.
 
     Returns:
         The path of the new version directory.
@@ -59,6 +65,11 @@ def export_saved_model(model, directory, name, version=None, preprocessor=None, 
     if preprocessor is None and serve_fn is None and model.inputs and model.inputs[0].dtype != "string":
         raise ValueError(f"model {model.name!r} takes {model.inputs[0].dtype} inputs: pass the "
                          "`preprocessor` that maps strings to them (e.g. the adapted vectorizer).")
+    if quantize is not None:
+        if serve_fn is not None:
+            raise ValueError("`quantize` applies to the classifier outputs of `model`; with a `serve_fn`, "
+                             "quantize the model it calls yourself (model.quantize('int8')).")
+        model = quantized_copy(model, quantize)
     if preprocessor is not None and not preprocessor.built:
         preprocessor(tf.constant([""]))  # builds it (e.g. a freshly adapted TextVectorization)
     if serve_fn is None:
@@ -78,20 +89,28 @@ def export_text_generator(model, tokenizer, directory, name, version=None, max_n
     Signatures (input `prompt`: `[None]` strings):
     - `serving_default`: `text` (the generated continuation of each prompt)
       and `token_ids` (`[batch, max_new_tokens]` int32, `0` after a stop).
+    - `generate`: the same outputs, sampled with request-time parameters,
+      scalars that apply to every prompt of the request: `max_new_tokens`
+      (int32, 1 ..the exported `max_new_tokens`; the outputs have that many
+      columns), `temperature` (float32 > 0), `top_k` (int32, 0 = no limit,
+      1 = greedy), `top_p` (float32 in (0, 1]) and `seed` (int32; the same
+      seed and request give the same text). Values out of range fail the
+      request (InvalidArgumentError), never the server.
     - `next_token_logits`: `logits` `[batch, vocab]` float32 for the token
       after each prompt.
 
     Decoding is the KV-cache loop of `kerazoo.generation` as a plain
     `tf.while_loop` (TF Serving runs without XLA). Prompts longer than the
-    context allows keep their last tokens; an empty prompt starts from `[UNK]`.
+    context allows keep their last tokens; an empty prompt starts from `[UNK]`;
+    an empty batch returns empty outputs.
 
     Args:
         model: a `kerazoo.models.transformer_lm` model.
         tokenizer: its `kerazoo.text` tokenizer.
         directory, name, version: as in `export_saved_model`.
-        max_new_tokens: tokens generated per request.
-        strategy: "greedy" (deterministic) or another `generation.STRATEGIES`
-            entry, with temperature 1 and seed 0.
+        max_new_tokens: tokens generated per request (the most `generate` allows).
+        strategy: of `serving_default`: "greedy" (deterministic) or "sample"
+            (temperature 1, seed 0).
         stop_token: id that ends a continuation.
 
     Returns:
@@ -101,10 +120,13 @@ def export_text_generator(model, tokenizer, directory, name, version=None, max_n
     if not 1 <= max_new_tokens < embedding.max_length:
         raise ValueError(f"`max_new_tokens` must be in [1, {embedding.max_length}) for this model; "
                          f"received {max_new_tokens}.")
-    if strategy in ("top_k", "top_p"):
-        raise ValueError("export_text_generator supports strategy='greedy' or 'sample'.")
-    decode = generation.decode_function(model, strategy)
+    if strategy not in ("greedy", "sample"):
+        raise ValueError(f"export_text_generator supports strategy='greedy' or 'sample' for serving_default "
+                         f"(the `generate` signature takes top_k/top_p per request); received {strategy!r}.")
+    default_decode = generation.decode_function(model, strategy)
+    request_decode = generation.decode_function(model, "top_k_top_p")
     max_prompt = embedding.max_length - max_new_tokens
+    stop = tf.constant(-1 if stop_token is None else stop_token)
 
     def prompt_ids(prompts):
         ids = tokenizer(prompts)[:, -max_prompt:]  # keep the end of over-long prompts
@@ -114,33 +136,51 @@ def export_text_generator(model, tokenizer, directory, name, version=None, max_n
             tf.fill([tf.reduce_sum(empty)], tf.cast(tokenizer.unk_id, ids.dtype)), empty)
         return tf.concat([unk, ids], axis=1)
 
-    def generate(prompts):
+    def continue_prompts(decode, prompts, new_tokens, temperature, top_k, top_p, seed):
         ids = prompt_ids(prompts)
         lengths = tf.cast(ids.row_lengths(), tf.int32)
         batch = tf.shape(lengths)[0]
         longest = tf.reduce_max(tf.concat([lengths, [1]], axis=0))  # an empty batch has no maximum
-        buffer = ids.to_tensor(default_value=0, shape=[batch, longest + max_new_tokens])
-        out = decode(buffer, lengths, tf.constant(max_new_tokens), tf.constant(1.0), tf.constant(1),
-                     tf.constant(1.0), tf.constant(-1 if stop_token is None else stop_token),
-                     tf.constant(0), tf.constant(0))
-        new_tokens = tf.gather(out, lengths[:, None] + tf.range(max_new_tokens)[None, :], batch_dims=1)
-        return {"text": tokenizer.detokenize(new_tokens), "token_ids": new_tokens}
-
-    def next_token_logits(prompts):
-        ids = prompt_ids(prompts)
-        logits = model(ids.to_tensor(default_value=0), training=False)
-        last = tf.cast(ids.row_lengths(), tf.int32) - 1
-        return {"logits": tf.cast(tf.gather(logits, last, batch_dims=1), tf.float32)}
+        buffer = ids.to_tensor(default_value=0, shape=[batch, longest + new_tokens])
+        out = decode(buffer, lengths, new_tokens, temperature, top_k, top_p, stop, tf.constant(0), seed, longest)
+        new_ids = tf.gather(out, lengths[:, None] + tf.range(new_tokens)[None, :], batch_dims=1)
+        return {"text": tokenizer.detokenize(new_ids), "token_ids": new_ids}
 
     def serve(prompts):
-        return _dense_outputs(generate(_vector(prompts)))
+        return _dense_outputs(continue_prompts(
+            default_decode, _vector(prompts), tf.constant(max_new_tokens), tf.constant(1.0), tf.constant(1),
+            tf.constant(1.0), tf.constant(0)))
 
-    def logits(prompts):
-        return _dense_outputs(next_token_logits(_vector(prompts)))
+    def generate(prompt, max_new_tokens_, temperature, top_k, top_p, seed):
+        scalars = [tf.ensure_shape(x, []) for x in (max_new_tokens_, temperature, top_k, top_p, seed)]
+        new_tokens, temperature, top_k, top_p, seed = scalars
+        checks = [
+            tf.debugging.Assert((new_tokens >= 1) & (new_tokens <= max_new_tokens),
+                                [f"max_new_tokens must be in [1, {max_new_tokens}]; received", new_tokens]),
+            tf.debugging.Assert(tf.math.is_finite(temperature) & (temperature > 0),
+                                ["temperature must be a finite number > 0; received", temperature]),
+            tf.debugging.Assert((top_k >= 0) & (top_k <= embedding.vocab_size),
+                                [f"top_k must be in [0, {embedding.vocab_size}] (0: no limit); received", top_k]),
+            tf.debugging.Assert((top_p > 0) & (top_p <= 1), ["top_p must be in (0, 1]; received", top_p]),
+        ]
+        with tf.control_dependencies(checks):
+            prompts = tf.identity(_vector(prompt))
+        return _dense_outputs(continue_prompts(request_decode, prompts, new_tokens, temperature, top_k, top_p,
+                                               seed))
 
-    signature = [tf.TensorSpec([None], tf.string, name="prompt")]
+    def next_token_logits(prompts):
+        ids = prompt_ids(_vector(prompts))
+        logits = model(ids.to_tensor(default_value=0), training=False)
+        last = tf.cast(ids.row_lengths(), tf.int32) - 1
+        return _dense_outputs({"logits": tf.cast(tf.gather(logits, last, batch_dims=1), tf.float32)})
+
+    prompt = tf.TensorSpec([None], tf.string, name="prompt")
+    request = [prompt, tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+               tf.TensorSpec([], tf.float32, name="temperature"), tf.TensorSpec([], tf.int32, name="top_k"),
+               tf.TensorSpec([], tf.float32, name="top_p"), tf.TensorSpec([], tf.int32, name="seed")]
     return _write_version(directory, name, version, [model, tokenizer],
-                          {"serving_default": (serve, signature), "next_token_logits": (logits, signature)})
+                          {"serving_default": (serve, [prompt]), "generate": (generate, request),
+                           "next_token_logits": (next_token_logits, [prompt])})
 
 
 def export_translator(model, source_tokenizer, target_tokenizer, directory, name, version=None,
@@ -193,6 +233,29 @@ def export_translator(model, source_tokenizer, target_tokenizer, directory, name
     signature = [tf.TensorSpec([None], tf.string, name="text")]
     return _write_version(directory, name, version, [model, source_tokenizer, target_tokenizer],
                           {"serving_default": (serve, signature)})
+
+
+def quantized_copy(model, mode="int8"):
+    """A copy of `model` with Keras's post-training weight quantization; `model` is unchanged.
+
+    Args:
+        model: a built `keras.Model` (functional or sequential).
+        mode: "int8" (the mode whose layers export with core TensorFlow ops only).
+
+    Returns:
+        The quantized copy.
+    """
+    if mode != "int8":
+        raise ValueError(f"`quantize` must be None or 'int8'; received {mode!r}.")
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    with warnings.catch_warnings():  # layers without int8 kernels (LSTM, norms) stay float32, by design
+        warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
+        copy.quantize(mode)
+    if not any(variable.dtype == "int8" for variable in copy.weights):
+        raise ValueError(f"model {model.name!r} has no layer Keras quantizes to int8 (Dense, EinsumDense, "
+                         "Embedding): nothing would change.")
+    return copy
 
 
 def latest_version(path):

@@ -2,6 +2,7 @@
 
 import weakref
 
+import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
@@ -12,6 +13,9 @@ STRATEGIES = ("greedy", "sample", "top_k", "top_p")
 # Buffers are padded to a multiple of this many positions, so prompts of other
 # lengths reuse the compiled loop instead of tracing a new one.
 LENGTH_BUCKET = 64
+# The prompt is run through the model in one pass over its first positions: the
+# longest prompt rounded up to a power of two, at least this many.
+PREFILL_BUCKET = 16
 
 _compiled = weakref.WeakKeyDictionary()  # model -> {(strategy, jit_compile): decode function}
 
@@ -63,7 +67,8 @@ def generate(model, prompt_ids, max_new_tokens, strategy="greedy", temperature=1
     >>> tuple(generate(model, [[1, 2, 3], [4]], max_new_tokens=5, jit_compile=False).shape)
     (2, 8)
     """
-    embedding, blocks = _decoder_layers(model)
+    layers = _decoder_layers(model)
+    embedding = layers[0]
     _check_token_id("pad_id", pad_id, embedding.vocab_size)
     if stop_token is not None:
         _check_token_id("stop_token", stop_token, embedding.vocab_size)
@@ -82,24 +87,43 @@ def generate(model, prompt_ids, max_new_tokens, strategy="greedy", temperature=1
     if top_k is not None and top_k > embedding.vocab_size:
         raise ValueError(f"`top_k`={top_k} exceeds the vocabulary size {embedding.vocab_size}.")
     buffer_length = bucket_length(total, embedding.max_length)
-    ids = np.full((len(prompts), buffer_length), pad_id, dtype=np.int32)
+    batch = len(prompts)
+    # Extra rows up to the batch bucket are all-padding prompts as long as the
+    # longest one, with no tokens to generate: they never hold the loop up.
+    ids = np.full((bucket_batch(batch), buffer_length), pad_id, dtype=np.int32)
     for row, prompt in enumerate(prompts):
         ids[row, :len(prompt)] = prompt
+    budgets = np.zeros(len(ids), np.int32)
+    budgets[:batch] = max_new_tokens
+    lengths = np.concatenate([lengths, np.full(len(ids) - batch, lengths.max(), np.int32)])
+    prefill = min(buffer_length, max(PREFILL_BUCKET, 1 << int(lengths.max() - 1).bit_length()))
     if seed is None:
         seed = np.random.default_rng().integers(2 ** 31)
 
     key = (strategy, bool(jit_compile))
     functions = _compiled.setdefault(model, {})
     if key not in functions:
-        functions[key] = tf.function(_decode_loop(embedding, blocks, model, strategy),
+        functions[key] = tf.function(_decode_loop(*layers, strategy),
                                      jit_compile=bool(jit_compile), autograph=False)
     out = functions[key](
-        tf.constant(ids), tf.constant(lengths), tf.constant(max_new_tokens, tf.int32),
+        tf.constant(ids), tf.constant(lengths), tf.constant(budgets),
         tf.constant(sampling["temperature"], tf.float32), tf.constant(sampling["top_k"], tf.int32),
         tf.constant(sampling["top_p"], tf.float32),
         tf.constant(-1 if stop_token is None else stop_token, tf.int32),
-        tf.constant(pad_id, tf.int32), tf.constant(seed, tf.int32))
-    return out.numpy()[:, :total]
+        tf.constant(pad_id, tf.int32), tf.constant(seed, tf.int32), prefill)
+    return out.numpy()[:batch, :total]
+
+
+def bucket_batch(batch):
+    """The batch size `generate` compiles for: the next power of two up to 8, then the next multiple of 8.
+
+    Args:
+        batch: positive int.
+
+    Returns:
+        The bucketed batch size (>= `batch`).
+    """
+    return 1 << (batch - 1).bit_length() if batch <= 8 else -(-batch // 8) * 8
 
 
 def bucket_length(length, limit=None):
@@ -124,25 +148,27 @@ def decode_function(model, strategy="greedy"):
     For embedding in an exported `tf.function` (TF Serving runs without XLA).
     Its arguments are tensors: `ids (batch, length)` int32 with prompts
     written from position 0 and `pad_id` after them, `lengths (batch,)`,
-    `max_new_tokens`, `temperature`, `top_k`, `top_p`, `stop_token` (-1 for
-    none), `pad_id`, `seed`. It returns the filled `ids`.
+    `max_new_tokens` (a scalar or one budget per row), `temperature`,
+    `top_k`, `top_p`, `stop_token` (-1 for none), `pad_id`, `seed`, and
+    `prefill`, how many leading positions one pass fills (>= the longest
+    prompt; an int or a scalar tensor). It returns the filled `ids`.
 
     Args:
         model: a `kerazoo.models.transformer_lm` model.
-        strategy: one of `STRATEGIES`.
+        strategy: one of `STRATEGIES`, or "top_k_top_p": temperature, then
+            the `top_k` most likely (`top_k <= 0`: all), then top-p; with
+            tensors for all three this serves requests that each choose
+            their own sampling.
 
     Returns:
         A callable building the decoding graph.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"`strategy` must be one of {STRATEGIES}; received {strategy!r}.")
-    embedding, blocks = _decoder_layers(model)
-    return _decode_loop(embedding, blocks, model, strategy)
+    if strategy not in STRATEGIES + ("top_k_top_p",):
+        raise ValueError(f"`strategy` must be one of {STRATEGIES + ('top_k_top_p',)}; received {strategy!r}.")
+    return _decode_loop(*_decoder_layers(model), strategy)
 
 
-def _decode_loop(embedding, blocks, model, strategy):
-    final_norm = model.get_layer("final_norm")
-    head = next((layer for layer in model.layers if layer.name == "lm_head"), None)
+def _decode_loop(embedding, blocks, final_norm, head, strategy):
 
     def forward(token_ids, start, caches):
         """Hidden states of `token_ids` at positions start.., writing their keys/values."""
@@ -157,17 +183,17 @@ def _decode_loop(embedding, blocks, model, strategy):
         logits = head(hidden) if head is not None else embedding(hidden, reverse=True)
         return ops.cast(logits, "float32")
 
-    def decode(ids, lengths, max_new_tokens, temperature, top_k, top_p, stop_token, pad_id, seed):
+    def decode(ids, lengths, max_new_tokens, temperature, top_k, top_p, stop_token, pad_id, seed, prefill):
         batch, length = tf.shape(ids)[0], tf.shape(ids)[1]
         caches = [block.attention.empty_cache(batch, length) for block in blocks]
-        # Fill the cache with the whole buffer at once. Positions past a row's
-        # prompt hold padding for now; each is rewritten (keys and values of
-        # the real token) by the step that reaches it, before anything
-        # attends to it.
-        hidden, caches = forward(ids, 0, caches)
-        start = tf.reduce_min(tf.concat([lengths, [length]], axis=0))  # an empty batch does not loop
+        # Fill the cache with the prompts' positions in one pass. Positions
+        # past a row's prompt hold padding for now; each is rewritten (keys
+        # and values of the real token) by the step that reaches it, before
+        # anything attends to it.
+        hidden, caches = forward(ids[:, :prefill], 0, caches)
+        start = tf.reduce_min(tf.concat([lengths, [prefill]], axis=0))  # an empty batch does not loop
         logits = logits_of(tf.gather(hidden, start - 1, axis=1))
-        end = tf.reduce_max(lengths) + max_new_tokens
+        end = tf.reduce_max(lengths + max_new_tokens)
         done = tf.zeros([batch], tf.bool)
 
         def step(t, ids, caches, logits, done):
@@ -196,10 +222,12 @@ def _choose(strategy, logits, temperature, top_k, top_p, seed):
     if strategy == "greedy":
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
     logits = logits / temperature
-    if strategy == "top_k":
+    if strategy in ("top_k", "top_k_top_p"):
+        if strategy == "top_k_top_p":
+            top_k = tf.where(top_k > 0, top_k, tf.shape(logits)[-1])
         kth_largest = tf.gather(tf.sort(logits, direction="DESCENDING"), top_k - 1, axis=1)
         logits = tf.where(logits < kth_largest[:, None], -np.inf, logits)
-    elif strategy == "top_p":
+    if strategy in ("top_p", "top_k_top_p"):
         logits = top_p_filter(logits, top_p)
     return tf.cast(tf.random.stateless_categorical(logits, 1, seed)[:, 0], tf.int32)
 
@@ -223,18 +251,55 @@ def top_p_filter(logits, top_p):
     return tf.where(logits < threshold[:, None], -np.inf, logits)
 
 
+def check_decodable(model):
+    """Raises a ValueError naming the layer when `generate` cannot decode `model`.
+
+    Args:
+        model: a model meant for `generate` (e.g. from `models.transformer_lm`).
+    """
+    _decoder_layers(model)
+
+
 def _decoder_layers(model):
-    try:
-        embedding = model.get_layer("embedding")
-        model.get_layer("final_norm")
-    except ValueError:
-        embedding = None
-    blocks = [layer for layer in model.layers if isinstance(layer, TransformerBlock)]
-    if not isinstance(embedding, TokenAndPositionEmbedding) or not blocks or not all(
-            block.causal for block in blocks):
-        raise ValueError("`model` must be a causal language model from kerazoo.models.transformer_lm "
-                         "(layers 'embedding', causal TransformerBlocks, 'final_norm').")
-    return embedding, blocks
+    """The layers decoding runs, in order; a ValueError naming the layer that breaks the contract.
+
+    The contract (what `models.transformer_lm` builds): a `TokenAndPositionEmbedding`
+    named "embedding", causal `TransformerBlock`s, a "final_norm" layer, and
+    the output projection: a Dense "lm_head", or the embedding itself called
+    a second time (tied). Dropout and the float32 "logits" identity are
+    skipped. Any other layer would be silently left out of decoding, so it
+    is an error.
+    """
+    embedding, blocks, final_norm, head = None, [], None, None
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if isinstance(layer, keras.layers.InputLayer) or isinstance(layer, keras.layers.Dropout):
+            continue
+        if layer.name == "embedding" and isinstance(layer, TokenAndPositionEmbedding):
+            embedding = layer
+        elif isinstance(layer, TransformerBlock) and layer.causal and final_norm is None:
+            blocks.append(layer)
+        elif layer.name == "final_norm" and blocks:
+            final_norm = layer
+        elif layer.name == "lm_head" and isinstance(layer, keras.layers.Dense) and final_norm is not None:
+            head = layer
+        elif layer.name == "logits" and isinstance(layer, keras.layers.Activation):
+            continue
+        else:
+            raise ValueError(
+                f"cannot decode model {model.name!r}: its layer {layer.name!r} ({kind}) is not part of a "
+                "kerazoo.models.transformer_lm (embedding, causal TransformerBlocks, final_norm, tied "
+                "embedding or Dense 'lm_head'), so generation would silently compute other logits.")
+    if embedding is None or not blocks or final_norm is None:
+        missing = [name for name, found in (("'embedding' (TokenAndPositionEmbedding)", embedding),
+                                            ("causal TransformerBlocks", blocks), ("'final_norm'", final_norm))
+                   if not found]
+        raise ValueError(f"cannot decode model {model.name!r}: it has no {' and no '.join(missing)}; "
+                         "`model` must be a causal language model from kerazoo.models.transformer_lm.")
+    if head is None and len(embedding._inbound_nodes) < 2:
+        raise ValueError(f"cannot decode model {model.name!r}: it has no Dense 'lm_head' and its 'embedding' "
+                         "is not reused as the output projection (tied), so its output head is unknown.")
+    return embedding, blocks, final_norm, head
 
 
 def _as_prompt_list(prompt_ids, vocab_size, padding, pad_id):

@@ -73,6 +73,9 @@ def parse_args(argv=None):
     out.add_argument("--export-dir", default="saved_models", help="(default: saved_models)")
     out.add_argument("--name", default="lstm_classifier",
                      help="model name: exports go to EXPORT_DIR/NAME/<version>/ (default: lstm_classifier)")
+    out.add_argument("--quantize", choices=("none", "int8"), default="none",
+                     help="export with int8 weights (Keras post-training quantization of the embedding "
+                          "and Dense kernels; the LSTM stays float32) (default: none)")
     # --jit-compile auto: XLA on a CPU, off on a GPU, where the cuDNN LSTM kernel cannot be XLA-compiled.
     recipe_flags.add_runtime_flags(parser, precision="float32")
     return recipe_flags.parse_args(parser, argv, check_flags)
@@ -197,8 +200,10 @@ def run(args):
     keras_path = args.outputs[".keras"]
     training.save_keras_atomically(text_model, keras_path)
     print(f"saved {keras_path}")
-    version_path = export.export_saved_model(model, args.export_dir, args.name, preprocessor=vectorizer)
-    print(f"exported {version_path}")
+    quantize = None if args.quantize == "none" else args.quantize
+    version_path = export.export_saved_model(model, args.export_dir, args.name, preprocessor=vectorizer,
+                                             quantize=quantize)
+    print(f"exported {version_path}" + (f" ({quantize} weights)" if quantize else ""))
 
     serving = tf.saved_model.load(version_path).signatures["serving_default"]
     outputs = serving(text=tf.constant(EXAMPLES))

@@ -213,3 +213,79 @@ def test_text_generator_export_serves_in_a_strict_tf_only_process(tmp_path):
     assert "rank-0 request: InvalidArgumentError" in result.stdout
     assert "empty batch: serving_default [('text', [0]), ('token_ids', [0, 6])]" in result.stdout
     assert f"empty batch: next_token_logits [('logits', [0, {tokenizer.vocabulary_size}])]" in result.stdout
+
+
+def test_generate_signature_takes_sampling_parameters_per_request(tmp_path):
+    tokenizer = text.CharTokenizer.learn(["the cat sat on the mat"])
+    keras.utils.set_random_seed(11)
+    model = models.transformer_lm(tokenizer.vocabulary_size, max_length=32, d_model=16, num_heads=2,
+                                  num_layers=1, ff_dim=32)
+    path = export.export_text_generator(model, tokenizer, tmp_path, "lm", max_new_tokens=8)
+    assert_no_xla(path)
+    result = run_tf_only(f"""
+        import json
+        loaded = tf.saved_model.load({path!r})
+        generate = loaded.signatures["generate"]
+        prompts = tf.constant(["the c", "", "sat " * 10_000])
+
+        def request(prompt=prompts, max_new_tokens=8, temperature=1.0, top_k=0, top_p=1.0, seed=0):
+            out = generate(prompt=prompt, max_new_tokens=tf.constant(max_new_tokens),
+                           temperature=tf.constant(temperature), top_k=tf.constant(top_k),
+                           top_p=tf.constant(top_p), seed=tf.constant(seed))
+            return out["token_ids"].numpy().tolist()
+
+        greedy = loaded.signatures["serving_default"](prompt=prompts)["token_ids"].numpy().tolist()
+        report = dict(
+            inputs=sorted(generate.structured_input_signature[1]),
+            top_k_1=request(top_k=1, temperature=0.7, seed=5) == greedy,
+            same_seed=request(seed=3, temperature=2.0) == request(seed=3, temperature=2.0),
+            other_seeds=len({{str(request(seed=s, temperature=2.0)) for s in range(4)}}),
+            short=request(max_new_tokens=3, top_k=1) == [row[:3] for row in greedy],
+            empty=request(prompt=tf.constant([], tf.string)))
+        errors = {{}}
+        for bad in (dict(top_p=0.0), dict(temperature=-1.0), dict(temperature=float("nan")),
+                    dict(max_new_tokens=9), dict(max_new_tokens=0), dict(top_k=-1)):
+            try:
+                request(**bad)
+                errors[str(bad)] = "no error"
+            except tf.errors.InvalidArgumentError as error:
+                errors[str(bad)] = next(line for line in error.message.splitlines() if "must be" in line)
+        report["errors"] = errors
+        print(json.dumps(report))
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["inputs"] == ["max_new_tokens", "prompt", "seed", "temperature", "top_k", "top_p"]
+    assert report["top_k_1"] and report["same_seed"] and report["short"]
+    assert report["other_seeds"] > 1
+    assert report["empty"] == []
+    assert report["errors"] == {
+        "{'top_p': 0.0}": "assertion failed: [top_p must be in (0, 1]; received] [0]",
+        "{'temperature': -1.0}": "assertion failed: [temperature must be a finite number > 0; received] [-1]",
+        "{'temperature': nan}": "assertion failed: [temperature must be a finite number > 0; received] [nan]",
+        "{'max_new_tokens': 9}": "assertion failed: [max_new_tokens must be in [1, 8]; received] [9]",
+        "{'max_new_tokens': 0}": "assertion failed: [max_new_tokens must be in [1, 8]; received] [0]",
+        "{'top_k': -1}": "assertion failed: [top_k must be in [0, 12] (0: no limit); received] [-1]"}
+
+
+def test_int8_export_serves_and_agrees_with_the_float_model(tmp_path, classifier):
+    model, vectorizer = classifier
+    path = export.export_saved_model(model, tmp_path, "int8", preprocessor=vectorizer, quantize="int8")
+    assert_no_xla(path)
+    assert all(v.dtype == "float32" for v in model.weights)  # the caller's model is not quantized
+    stored = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    shapes = stored.get_variable_to_shape_map()
+    int8 = {tuple(shapes[name]) for name, dtype in stored.get_variable_to_dtype_map().items() if dtype == tf.int8}
+    assert int8 == {(30, 4), (4, 1)}  # the embedding table and the classifier kernel (the LSTM stays float32)
+    sample = [" ".join(words) for words in zip(TEXTS, reversed(TEXTS), TEXTS[3:] + TEXTS[:3])] + TEXTS
+    expected = np.asarray(model(vectorizer(tf.constant(sample))))[:, 0] >= 0.5
+    result = run_tf_only(f"""
+        import json
+        serving = tf.saved_model.load({path!r}).signatures["serving_default"]
+        print(json.dumps(serving(text=tf.constant({sample!r}))["label"].numpy().tolist()))
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    agreement = np.mean(np.array(json.loads(result.stdout.splitlines()[-1])) == expected)
+    assert agreement >= 0.98
+    with pytest.raises(ValueError, match="'int8'; received 'int4'"):
+        export.export_saved_model(model, tmp_path, "int4", preprocessor=vectorizer, quantize="int4")

@@ -1,11 +1,16 @@
 """KV-cache decoding against full recomputation, sampling rules, compile reuse and errors."""
 
+import json
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerazoo import generation, models, training
+from kerazoo import generation, layers, models, text, training
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using a softmax over axis")
 
@@ -188,3 +193,50 @@ def test_model_that_is_not_a_causal_lm_is_rejected():
     inputs = keras.Input((None,), dtype="int32")
     with pytest.raises(ValueError, match="transformer_lm"):
         generation.generate(keras.Model(inputs, inputs), [[1]], 2)
+
+
+def test_other_batch_sizes_reuse_the_compiled_loop(lm):
+    generation.generate(lm, [[1, 2]] * 3, 4)
+    function = generation._compiled[lm][("greedy", True)]
+    traces = function.experimental_get_tracing_count()
+    four = generation.generate(lm, [[5, 6, 7], [8], [9, 9], [5, 6, 7]], 4)  # batch bucket 4, as for 3
+    assert function.experimental_get_tracing_count() == traces
+    assert four.shape == (4, 7)
+    three = generation.generate(lm, [[5, 6, 7], [8], [9, 9]], 4)  # one padding row: it changes nothing
+    assert (three == four[:3]).all() and (four[3] == four[0]).all()
+    assert [generation.bucket_batch(n) for n in (1, 2, 3, 5, 8, 9, 17)] == [1, 2, 4, 8, 8, 16, 24]
+
+
+def test_a_layer_outside_the_decoding_contract_is_named():
+    ids = keras.Input((None,), dtype="int32")
+    embedding = layers.TokenAndPositionEmbedding(20, 16, 8, name="embedding")
+    x = layers.TransformerBlock(2, 16, causal=True, name="block_0")(embedding(ids))
+    x = keras.layers.LayerNormalization(name="final_norm")(x)
+    head = keras.layers.Dense(20, name="vocab_projection")  # not "lm_head": decoding cannot know it
+    with pytest.raises(ValueError, match="layer 'vocab_projection' \\(Dense\\) is not part of"):
+        generation.generate(keras.Model(ids, head(x)), [[1]], 2)
+    untied_no_head = keras.Model(ids, x)
+    with pytest.raises(ValueError, match="no Dense 'lm_head' and its 'embedding' is not reused"):
+        generation.generate(untied_no_head, [[1]], 2)
+
+
+def test_causal_lm_task_saves_as_one_file_and_generates_from_text_in_a_fresh_process(tmp_path):
+    tokenizer = text.CharTokenizer.learn(["the cat sat on the mat"])
+    task = models.CausalLM(models.transformer_lm(tokenizer.vocabulary_size, max_length=24, d_model=16,
+                                                 num_heads=2, num_layers=1, ff_dim=32), tokenizer)
+    expected = task.generate(["the c", ""], max_new_tokens=5)
+    ids = [tokenizer(tf.constant(["the c"])).to_list()[0]]
+    continuation = generation.generate(task.backbone, ids, 5)[0, len(ids[0]):]
+    assert expected[0] == tokenizer.detokenize(tf.constant([continuation])).numpy()[0].decode()
+    task.save(tmp_path / "lm.keras")
+    assert os.listdir(tmp_path) == ["lm.keras"]
+    script = ("import json, sys, keras, kerazoo; task = keras.models.load_model(sys.argv[1]); "
+              "print(json.dumps(task.generate(['the c', ''], max_new_tokens=5)))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "lm.keras")], capture_output=True,
+                            text=True, timeout=300, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=root))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == expected
+    with pytest.raises(ValueError, match="tokenizer has 12 tokens but the backbone's vocabulary is 40"):
+        models.CausalLM(models.transformer_lm(40, max_length=8, d_model=8, num_heads=2, num_layers=1,
+                                              ff_dim=8), tokenizer)
