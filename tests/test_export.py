@@ -194,8 +194,10 @@ def test_text_generator_export_serves_in_a_strict_tf_only_process(tmp_path):
         logits = loaded.signatures["next_token_logits"](prompt=tf.constant(["the cat"]))["logits"]
         print(json.dumps(dict(text=[t.decode() for t in out["text"].numpy()],
                               ids=out["token_ids"].numpy().tolist(), logits=logits.numpy()[0].tolist())))
+        sampling = dict(max_new_tokens=tf.constant(6), temperature=tf.constant(1.0), top_k=tf.constant(0),
+                        top_p=tf.constant(0.9), seed=tf.constant(1))
         for name, signature in sorted(loaded.signatures.items()):
-            empty = signature(prompt=tf.constant([], tf.string))
+            empty = signature(prompt=tf.constant([], tf.string), **(sampling if name == "generate" else {{}}))
             print("empty batch:", name, sorted((k, v.shape.as_list()) for k, v in empty.items()))
         try:
             session_run(newest_version({str(tmp_path / "lm")!r}), "serving_default",
@@ -212,6 +214,7 @@ def test_text_generator_export_serves_in_a_strict_tf_only_process(tmp_path):
     np.testing.assert_allclose(report["logits"], expected_logits, atol=1e-4)
     assert "rank-0 request: InvalidArgumentError" in result.stdout
     assert "empty batch: serving_default [('text', [0]), ('token_ids', [0, 6])]" in result.stdout
+    assert "empty batch: generate [('text', [0]), ('token_ids', [0, 6])]" in result.stdout
     assert f"empty batch: next_token_logits [('logits', [0, {tokenizer.vocabulary_size}])]" in result.stdout
 
 
