@@ -33,10 +33,11 @@ class CausalLM(keras.Model):
 
     Example:
 
+    >>> from kerazoo import models, text
     >>> tokenizer = text.CharTokenizer.learn(["hello world"])
-    >>> lm = CausalLM(transformer_lm(tokenizer.vocabulary_size, max_length=32, d_model=16,
-    ...                              num_heads=2, num_layers=1, ff_dim=32), tokenizer)
-    >>> len(lm.generate(["hello"], max_new_tokens=4)[0]) <= 4
+    >>> lm = models.CausalLM(models.transformer_lm(tokenizer.vocabulary_size, max_length=32, d_model=16,
+    ...                                            num_heads=2, num_layers=1, ff_dim=32), tokenizer)
+    >>> len(lm.generate(["hello"], max_new_tokens=4, jit_compile=False)[0]) <= 4
     True
     """
 
@@ -63,7 +64,8 @@ class CausalLM(keras.Model):
             prompts: a string or a list of strings.
             max_new_tokens: tokens to add.
             **sampling: `generation.generate` arguments (`strategy`,
-                `temperature`, `top_k`, `top_p`, `stop_token`, `seed`).
+                `temperature`, `top_k`, `top_p`, `stop_token`, `seed`,
+                `jit_compile`).
 
         Returns:
             A string per prompt (a string for a string).
