@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerazoo import nonfinite
 from kerazoo.native_logs import quiet_native_logs
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -624,7 +625,8 @@ class Checkpoint(keras.callbacks.Callback):
     checkpoint in place; older files are removed afterwards. The plan is
     saved in `plan.json` next to them. Starting `fit` again with the same
     directory loads the last checkpoint and continues at the next epoch
-    (`initial_epoch` is set), printing from which one.
+    (`initial_epoch` is set), printing from which one. Weights holding a NaN
+    or infinity (a diverged run) are not saved: the last good checkpoint stays.
 
     Args:
         directory: the checkpoint directory (created).
@@ -678,6 +680,12 @@ class Checkpoint(keras.callbacks.Callback):
                       f"(optimizer step {int(self.model.optimizer.iterations.numpy())})")
 
     def on_epoch_end(self, epoch, logs=None):
+        try:  # a diverged model never replaces the last good checkpoint
+            nonfinite.check_finite_weights(self.model)
+        except FloatingPointError as error:
+            self.print_fn(f"checkpoint of epoch {epoch + 1} not saved: {error}; {self.directory} keeps "
+                          "the last good one")
+            return
         name = f"epoch-{epoch + 1:05d}.weights.h5"
         tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{name}")
         self.model.save_weights(tmp)

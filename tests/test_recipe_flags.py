@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from kerazoo import nonfinite, recipe_flags
+from kerazoo import nonfinite, recipe_flags, training
 
 
 def _args(**values):
@@ -160,3 +160,20 @@ def test_non_finite_guard_passes_a_healthy_run_and_checks_weights():
     kernel.assign(np.array([[1.0], [np.inf], [np.nan]], "float32"))
     with pytest.raises(FloatingPointError, match=r"weight '.*kernel' holds 2 non-finite values"):
         guard.check()
+
+
+def test_a_diverged_epoch_never_replaces_the_last_good_checkpoint(tmp_path):
+    x, y = np.ones((16, 3), "float32"), np.zeros((16, 1), "float32")
+    model = _tiny_model()
+    model.fit(x, y, epochs=1, callbacks=[training.Checkpoint(tmp_path, print_fn=print)], verbose=0)
+    good = [w.copy() for w in model.get_weights()]
+    y[5] = np.nan
+    lines, guard = [], nonfinite.NonFiniteGuard()
+    model.fit(x, y, epochs=3, callbacks=[guard, training.Checkpoint(tmp_path, print_fn=lines.append)], verbose=0,
+              shuffle=False)
+    assert guard.diverged == "loss = nan at epoch 2, step 1"  # resumed after epoch 1
+    assert lines[-1].startswith("checkpoint of epoch 2 not saved: weight") and "keeps the last good one" in lines[-1]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.json", "epoch-00001.weights.h5"]
+    model.load_weights(tmp_path / "epoch-00001.weights.h5")  # the checkpoint still holds epoch 1's weights
+    for a, b in zip(model.get_weights(), good):
+        np.testing.assert_array_equal(a, b)
