@@ -501,6 +501,41 @@ def warmup_cosine(learning_rate, warmup_steps, total_steps, min_learning_rate=0.
         warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
 
 
+@keras.saving.register_keras_serializable(package="kerazoo")
+class WarmupLinear(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `learning_rate`, then linear decay to 0 at `total_steps` (BERT's schedule).
+
+    Args:
+        learning_rate: the peak rate, reached after `warmup_steps`.
+        warmup_steps: steps of linear warm-up (>= 0, < `total_steps`).
+        total_steps: the step at which the rate reaches 0 (and stays).
+
+    Example:
+
+    >>> schedule = WarmupLinear(1e-4, 10, 110)
+    >>> [round(float(schedule(step)), 8) for step in (0, 5, 10, 60, 110, 200)]
+    [0.0, 5e-05, 0.0001, 5e-05, 0.0, 0.0]
+    """
+
+    def __init__(self, learning_rate, warmup_steps, total_steps):
+        if not 0 <= warmup_steps < total_steps:
+            raise ValueError(f"need 0 <= warmup_steps < total_steps; received warmup_steps={warmup_steps}, "
+                             f"total_steps={total_steps}.")
+        if not learning_rate > 0:
+            raise ValueError(f"`learning_rate` must be > 0; received {learning_rate!r}.")
+        self.learning_rate, self.warmup_steps, self.total_steps = learning_rate, warmup_steps, total_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warmup = step / self.warmup_steps if self.warmup_steps else 1.0
+        decay = (self.total_steps - step) / (self.total_steps - self.warmup_steps)
+        return self.learning_rate * keras.ops.clip(keras.ops.minimum(warmup, decay), 0.0, 1.0)
+
+    def get_config(self):
+        return dict(learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
+                    total_steps=self.total_steps)
+
+
 def compile_model(model, plan, optimizer=None, loss=None, metrics=None, **compile_kwargs):
     """Compiles `model` following `plan`.
 

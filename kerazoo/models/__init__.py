@@ -1,9 +1,13 @@
 """Builders that return plain functional `keras.Model`s."""
 
+from kerazoo.models.bert import (FINETUNE_MODES, bert_backbone, bert_classifier, bert_pretrainer,
+                                 pretraining_compile_args, set_finetune_mode)
 from kerazoo.models.causal_lm import CausalLM
 from kerazoo.models.lstm_classifier import lstm_classifier
 from kerazoo.models.pipeline import with_preprocessor
 from kerazoo.models.seq2seq import rnn_seq2seq, transformer_seq2seq
 from kerazoo.models.transformer_lm import transformer_lm
 
-__all__ = ["CausalLM", "lstm_classifier", "rnn_seq2seq", "transformer_lm", "transformer_seq2seq", "with_preprocessor"]
+__all__ = ["CausalLM", "FINETUNE_MODES", "bert_backbone", "bert_classifier", "bert_pretrainer", "lstm_classifier",
+           "pretraining_compile_args", "rnn_seq2seq", "set_finetune_mode", "transformer_lm", "transformer_seq2seq",
+           "with_preprocessor"]

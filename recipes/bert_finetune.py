@@ -1,0 +1,239 @@
+"""Fine-tune a BERT encoder for text classification, evaluate it, and export it for TF Serving.
+
+Fine-tunes what recipes/bert_pretrain.py saved (by default in
+saved_models/bert_pretrained), or trains the same model from scratch:
+
+    python recipes/bert_pretrain.py && python recipes/bert_finetune.py
+    python recipes/bert_finetune.py --pretrained DIR --data train.tsv --val-data dev.tsv --mode top-k --top-k 2
+    python recipes/bert_finetune.py --from-scratch --vocabulary DIR/vocabulary.json --data train.tsv
+
+--mode full trains every weight; frozen only the classification layer (the
+encoder is a fixed feature extractor); top-k the last K Transformer blocks,
+the pooler and the classification layer. AdamW (lr 2e-5 by default) with
+linear warm-up and decay, early stopping on the validation loss. Data files
+are what kerazoo.data.load_labeled_text reads (csv / tsv with a header, JSON
+Lines). The export takes raw strings: WordPiece and [CLS] text [SEP] packing
+run inside the SavedModel.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kerazoo import data, export, models, text, training
+from kerazoo.evaluation import classification_report
+
+EXAMPLES = [
+    "a wonderful, moving film with a great cast",
+    "the plot was dull and the acting was worse",
+    "the ending was not bad at all",
+    "i expected the film to be great, but it was dull",
+]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    start = parser.add_argument_group("starting point").add_mutually_exclusive_group()
+    start.add_argument("--pretrained", metavar="DIR", default="saved_models/bert_pretrained",
+                       help="output of bert_pretrain.py (default: saved_models/bert_pretrained)")
+    start.add_argument("--from-scratch", action="store_true",
+                       help="a randomly initialised encoder of the size given below")
+    scratch = parser.add_argument_group("from scratch")
+    scratch.add_argument("--vocabulary", metavar="FILE",
+                         help="vocabulary.json to use (default: learn one from the training texts)")
+    scratch.add_argument("--vocab-size", type=int, default=8192, help="when learning one (default: 8192)")
+    scratch.add_argument("--d-model", type=int, default=256, help="(default: 256)")
+    scratch.add_argument("--num-heads", type=int, default=4, help="(default: 4)")
+    scratch.add_argument("--num-layers", type=int, default=4, help="(default: 4)")
+    scratch.add_argument("--ff-dim", type=int, default=1024, help="(default: 1024)")
+    scratch.add_argument("--encoder-dropout", type=float, default=0.1, help="(default: 0.1)")
+    scratch.add_argument("--keep-case", action="store_true", help="do not lower-case the text")
+    source = parser.add_argument_group("data")
+    source.add_argument("--dataset", default="sample", choices=data.DATASETS,
+                        help="named dataset when --data is not given (default: sample, embedded)")
+    source.add_argument("--data", metavar="PATH", help="labeled training file (csv/tsv/jsonl)")
+    source.add_argument("--val-data", metavar="PATH",
+                        help="labeled validation file (default: split off --validation-split)")
+    source.add_argument("--validation-split", type=float, default=0.2,
+                        help="fraction held out when there is no --val-data (default: 0.2)")
+    source.add_argument("--max-train-examples", type=int,
+                        help="train on a random subset of this many examples (default: all)")
+    source.add_argument("--text-column", help="name of the text column/key")
+    source.add_argument("--label-column", help="name of the label column/key")
+    fit = parser.add_argument_group("fine-tuning")
+    fit.add_argument("--mode", choices=models.FINETUNE_MODES, default="full",
+                     help="which weights train (default: full)")
+    fit.add_argument("--top-k", type=int, default=2, help="blocks trained with --mode top-k (default: 2)")
+    fit.add_argument("--max-length", type=int,
+                     help="tokens per text, [CLS] and [SEP] included (default: the encoder's maximum)")
+    fit.add_argument("--dropout", type=float, default=0.1, help="before the classifier (default: 0.1)")
+    fit.add_argument("--epochs", type=int, default=3, help="maximum epochs (default: 3)")
+    fit.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
+    fit.add_argument("--learning-rate", type=float, default=2e-5, help="peak AdamW rate (default: 2e-5)")
+    fit.add_argument("--warmup-fraction", type=float, default=0.1,
+                     help="share of the steps spent warming up (default: 0.1)")
+    fit.add_argument("--weight-decay", type=float, default=0.01, help="(default: 0.01)")
+    fit.add_argument("--patience", type=int, default=1,
+                     help="early stopping: epochs without val_loss improvement (default: 1)")
+    fit.add_argument("--precision", default="auto", choices=("auto",) + training.PRECISIONS,
+                     help="dtype policy; auto = the faster on this machine (default: auto)")
+    fit.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
+                     help="XLA for the train step; auto follows the training plan (default: auto)")
+    fit.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--export-dir", default="saved_models", help="(default: saved_models)")
+    out.add_argument("--name", default="bert_classifier",
+                     help="exports go to EXPORT_DIR/NAME/<version>/ (default: bert_classifier)")
+    out.add_argument("--report", metavar="FILE", help="also write the metrics and timings as JSON here")
+    out.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
+                     help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch (default: 2)")
+    args = parser.parse_args(argv)
+    for flag in ("vocab_size", "d_model", "num_heads", "num_layers", "ff_dim", "epochs", "batch_size", "top_k"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.max_length is not None and args.max_length < 4:
+        parser.error("--max-length must be >= 4")
+    if args.max_train_examples is not None and args.max_train_examples < 2:
+        parser.error("--max-train-examples must be >= 2")
+    for flag in ("dropout", "encoder_dropout", "warmup_fraction"):
+        if not 0.0 <= getattr(args, flag) < 1.0:
+            parser.error(f"--{flag.replace('_', '-')} must be in [0, 1)")
+    if not 0.0 < args.validation_split < 1.0:
+        parser.error("--validation-split must be between 0 and 1")
+    if args.learning_rate <= 0:
+        parser.error("--learning-rate must be > 0")
+    return args
+
+
+def load_data(args):
+    """(train, validation) `LabeledText`s as the flags ask."""
+    if args.data:
+        options = dict(text_column=args.text_column, label_column=args.label_column)
+        train = data.load_labeled_text(args.data, **options)
+        if args.val_data:
+            return train, data.load_labeled_text(args.val_data, **options)
+    else:
+        if args.val_data:
+            raise SystemExit("error: --val-data needs --data")
+        train = data.load_dataset(args.dataset)
+    return train.split(args.validation_split, seed=args.seed)
+
+
+def load_encoder(args, train_texts, plan):
+    """(backbone, tokenizer, lower_case): the pretrained encoder, or a fresh one of the flags' size."""
+    if not args.from_scratch:
+        files = {name: os.path.join(args.pretrained, name)
+                 for name in ("backbone.keras", "vocabulary.json", "pretraining.json")}
+        missing = [path for path in files.values() if not os.path.isfile(path)]
+        if missing:
+            raise SystemExit(f"error: {missing[0]} not found: run recipes/bert_pretrain.py --output-dir "
+                             f"{args.pretrained} first, or pass --from-scratch")
+        lower_case = json.load(open(files["pretraining.json"], encoding="utf-8"))["lower_case"]
+        with plan.policy_scope():
+            backbone = keras.models.load_model(files["backbone.keras"])
+        return backbone, text.WordPieceTokenizer.from_vocabulary_file(files["vocabulary.json"]), lower_case
+    lower_case = not args.keep_case
+    if args.vocabulary:
+        tokenizer = text.WordPieceTokenizer.from_vocabulary_file(args.vocabulary)
+    else:
+        tokenizer = text.learn_bert_vocabulary(train_texts, args.vocab_size, lower_case=lower_case)
+    with plan.policy_scope():
+        backbone = models.bert_backbone(tokenizer.vocabulary_size, args.max_length or 128, args.d_model,
+                                        args.num_heads, args.num_layers, args.ff_dim, args.encoder_dropout)
+    return backbone, tokenizer, lower_case
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+    try:
+        train, val = load_data(args)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    if list(val.label_names) != list(train.label_names):
+        raise SystemExit(f"error: training labels {list(train.label_names)} differ from validation labels "
+                         f"{list(val.label_names)}")
+    if args.max_train_examples and args.max_train_examples < len(train):
+        keep = np.sort(np.random.default_rng(args.seed).permutation(len(train))[:args.max_train_examples])
+        train = dataclasses.replace(train, texts=[train.texts[i] for i in keep], labels=train.labels[keep])
+    label_names = list(train.label_names)
+    for split_name, split in (("train", train), ("validation", val)):
+        counts = np.bincount(split.labels, minlength=len(label_names))
+        print(f"{split_name}: {len(split)} texts from {split.source}; "
+              + ", ".join(f"{n}={c}" for n, c in zip(label_names, counts)))
+
+    jit = {"on": True, "off": False, "auto": "auto"}[args.jit_compile]
+    plan = training.select_plan(args.precision, jit_compile=jit)
+    try:
+        backbone, tokenizer, lower_case = load_encoder(args, train.texts, plan)
+        encoder_length = backbone.get_layer("embedding").max_length
+        if args.max_length and args.max_length > encoder_length:
+            raise ValueError(f"--max-length {args.max_length} exceeds the encoder's maximum {encoder_length}")
+        preprocessor = text.BertPreprocessor(tokenizer, args.max_length or encoder_length, lower_case=lower_case)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    with plan.policy_scope():
+        model = models.bert_classifier(backbone, len(label_names), dropout=args.dropout)
+    try:
+        trainable = models.set_finetune_mode(model, args.mode, args.top_k if args.mode == "top-k" else None)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    steps = args.epochs * -(-len(train) // args.batch_size)
+    schedule = training.WarmupLinear(args.learning_rate, int(args.warmup_fraction * steps), steps)
+    training.compile_model(model, plan, optimizer=training.adamw(schedule, weight_decay=args.weight_decay),
+                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    start = "from scratch" if args.from_scratch else f"pretrained ({args.pretrained})"
+    print(f"encoder: {start}; mode {args.mode}: {sum(int(np.prod(v.shape)) for v in model.trainable_weights):,d}"
+          f" of {model.count_params():,d} parameters train ({', '.join(trainable)})")
+    print(f"plan: {plan.reason}")
+
+    train_ds = text.classification_dataset(train.texts, train.labels, preprocessor, args.batch_size, shuffle=True,
+                                           seed=args.seed)
+    val_ds = text.classification_dataset(val.texts, val.labels, preprocessor, args.batch_size)
+    timer = training.EpochTimer()
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True,
+                                         verbose=1)
+    fit_start = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=[stop, timer],
+              verbose=args.verbose, shuffle=False)  # the dataset reshuffles itself every epoch
+    fit_seconds = time.perf_counter() - fit_start
+    print(f"trained {len(timer.durations)} epochs in {fit_seconds:,.0f} s"
+          + (f"; best epoch {stop.best_epoch + 1} restored" if stop.stopped_epoch else ""))
+
+    predicted = model.predict(val_ds, verbose=0).argmax(-1)
+    report = classification_report(val.labels, predicted, label_names)
+    print("validation:\n" + str(report))
+
+    text_model = models.with_preprocessor(model, preprocessor)
+    keras_path = os.path.join(args.export_dir, f"{args.name}.keras")
+    training.save_keras_atomically(text_model, keras_path)
+    print(f"saved {keras_path}")
+    version_path = export.export_saved_model(model, args.export_dir, args.name, preprocessor=preprocessor)
+    print(f"exported {version_path}")
+    serving = tf.saved_model.load(version_path).signatures["serving_default"]
+    outputs = serving(text=tf.constant(EXAMPLES))
+    print("predictions of the exported SavedModel (serving_default):")
+    for i, sentence in enumerate(EXAMPLES):
+        probabilities = np.array2string(outputs["probabilities"][i].numpy(), precision=3)
+        print(f"  {label_names[int(outputs['label'][i])]:>10s}  {probabilities}  {sentence}")
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as f:
+            json.dump(dict(start=start, mode=args.mode, top_k=args.top_k, accuracy=report.accuracy,
+                           precision=report.precision, recall=report.recall, f1=report.f1,
+                           epochs=len(timer.durations), fit_seconds=fit_seconds,
+                           trainable_parameters=sum(int(np.prod(v.shape)) for v in model.trainable_weights),
+                           train_examples=len(train), export=version_path), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
