@@ -27,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerazoo import data, export, models, text, training
+from kerazoo import data, export, models, nonfinite, recipe_flags, text, training
 from kerazoo.evaluation import classification_report
 
 EXAMPLES = [
@@ -96,22 +96,28 @@ def parse_args(argv=None):
     out.add_argument("--report", metavar="FILE", help="also write the metrics and timings as JSON here")
     out.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
                      help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch (default: 2)")
-    args = parser.parse_args(argv)
-    for flag in ("vocab_size", "d_model", "num_heads", "num_layers", "ff_dim", "epochs", "batch_size", "top_k"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
-    if args.max_length is not None and args.max_length < 4:
-        parser.error("--max-length must be >= 4")
-    if args.max_train_examples is not None and args.max_train_examples < 2:
-        parser.error("--max-train-examples must be >= 2")
-    for flag in ("dropout", "encoder_dropout", "warmup_fraction"):
-        if not 0.0 <= getattr(args, flag) < 1.0:
-            parser.error(f"--{flag.replace('_', '-')} must be in [0, 1)")
-    if not 0.0 < args.validation_split < 1.0:
-        parser.error("--validation-split must be between 0 and 1")
-    if args.learning_rate <= 0:
-        parser.error("--learning-rate must be > 0")
-    return args
+    return recipe_flags.parse_args(parser, argv, check_flags)
+
+
+def check_flags(args):
+    """Everything the flags alone decide, checked before any data is read (see `kerazoo.recipe_flags`)."""
+    recipe_flags.positive(args, "vocab_size", "d_model", "num_heads", "num_layers", "ff_dim", "epochs",
+                          "batch_size", "top_k")
+    recipe_flags.in_range(args, "vocab_size", low=6)  # 5 special tokens and one piece
+    if args.max_length is not None:
+        recipe_flags.in_range(args, "max_length", low=4)
+    if args.max_train_examples is not None:
+        recipe_flags.in_range(args, "max_train_examples", low=2)
+    for name in ("dropout", "encoder_dropout", "warmup_fraction"):
+        recipe_flags.in_range(args, name, 0, 1, high_open=True)
+    recipe_flags.in_range(args, "validation_split", 0, 1, low_open=True, high_open=True)
+    recipe_flags.in_range(args, "learning_rate", low=0, low_open=True)
+    recipe_flags.in_range(args, "weight_decay", low=0)
+    recipe_flags.in_range(args, "patience", low=0)
+    recipe_flags.in_range(args, "seed", 0, 2 ** 32 - 1)
+    if args.from_scratch and args.d_model % args.num_heads:
+        raise ValueError(f"--d-model {args.d_model} is not divisible by --num-heads {args.num_heads}")
+    args.outputs = recipe_flags.export_destination(args.export_dir, args.name)
 
 
 def load_data(args):
@@ -199,13 +205,15 @@ def main(argv=None):
     train_ds = text.classification_dataset(train.texts, train.labels, preprocessor, args.batch_size, shuffle=True,
                                            seed=args.seed)
     val_ds = text.classification_dataset(val.texts, val.labels, preprocessor, args.batch_size)
-    timer = training.EpochTimer()
+    timer, guard = training.EpochTimer(), nonfinite.NonFiniteGuard()
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True,
                                          verbose=1)
     fit_start = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=[stop, timer],
+    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=[guard, stop, timer],
               verbose=args.verbose, shuffle=False)  # the dataset reshuffles itself every epoch
     fit_seconds = time.perf_counter() - fit_start
+    with recipe_flags.exit_on(FloatingPointError):
+        guard.check(model)
     print(f"trained {len(timer.durations)} epochs in {fit_seconds:,.0f} s"
           + (f"; best epoch {stop.best_epoch + 1} restored" if stop.stopped_epoch else ""))
 
@@ -214,7 +222,7 @@ def main(argv=None):
     print("validation:\n" + str(report))
 
     text_model = models.with_preprocessor(model, preprocessor)
-    keras_path = os.path.join(args.export_dir, f"{args.name}.keras")
+    keras_path = args.outputs[".keras"]
     training.save_keras_atomically(text_model, keras_path)
     print(f"saved {keras_path}")
     version_path = export.export_saved_model(model, args.export_dir, args.name, preprocessor=preprocessor)

@@ -24,7 +24,7 @@ import time
 import keras
 import numpy as np
 
-from kerazoo import data, models, text, training
+from kerazoo import data, models, nonfinite, recipe_flags, text, training
 
 
 def parse_args(argv=None):
@@ -64,26 +64,30 @@ def parse_args(argv=None):
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", default="saved_models/bert_pretrained",
                      help="where the backbone and vocabulary go (default: saved_models/bert_pretrained)")
-    args = parser.parse_args(argv)
-    for flag in ("vocab_size", "d_model", "num_heads", "num_layers", "ff_dim", "max_predictions", "batch_size",
-                 "max_steps", "log_every"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
-    if args.max_length < 4:
-        parser.error("--max-length must be >= 4 ([CLS] A [SEP] B [SEP])")
-    if args.vocab_size < 6:
-        parser.error("--vocab-size must be >= 6 (5 special tokens and one piece)")
-    if not 0.0 <= args.dropout < 1.0:
-        parser.error("--dropout must be in [0, 1)")
-    if not 0.0 < args.validation_fraction < 1.0:
-        parser.error("--validation-fraction must be between 0 and 1")
+    return recipe_flags.parse_args(parser, argv, check_flags)
+
+
+def check_flags(args):
+    """Everything the flags alone decide, checked before any text is read (see `kerazoo.recipe_flags`)."""
+    recipe_flags.positive(args, "vocab_size", "max_length", "d_model", "num_heads", "num_layers", "ff_dim",
+                          "max_predictions", "batch_size", "max_steps", "log_every")
+    recipe_flags.in_range(args, "max_length", low=4)  # [CLS] A [SEP] B [SEP]
+    recipe_flags.in_range(args, "vocab_size", low=6)  # 5 special tokens and one piece
+    recipe_flags.in_range(args, "dropout", 0, 1, high_open=True)
+    recipe_flags.in_range(args, "validation_fraction", 0, 1, low_open=True, high_open=True)
+    recipe_flags.in_range(args, "learning_rate", low=0, low_open=True)
+    recipe_flags.in_range(args, "weight_decay", low=0)
+    recipe_flags.in_range(args, "seed", 0, 2 ** 32 - 1)
     if args.warmup_steps is None:
         args.warmup_steps = args.max_steps // 10
-    if not 0 <= args.warmup_steps < args.max_steps:
-        parser.error("--warmup-steps must be in [0, --max-steps)")
-    if args.time_limit is not None and args.time_limit <= 0:
-        parser.error("--time-limit must be > 0")
-    return args
+    recipe_flags.in_range(args, "warmup_steps", 0, args.max_steps, high_open=True)
+    if args.time_limit is not None:
+        recipe_flags.in_range(args, "time_limit", low=0, low_open=True)
+    if args.d_model % args.num_heads:
+        raise ValueError(f"--d-model {args.d_model} is not divisible by --num-heads {args.num_heads}")
+    output_dir = os.path.normpath(args.output_dir)
+    recipe_flags.export_destination(os.path.dirname(output_dir) or ".", os.path.basename(output_dir), suffixes=(),
+                                    dir_flag="--output-dir", name_flag="--output-dir")
 
 
 class Progress(keras.callbacks.Callback):
@@ -125,6 +129,8 @@ def save_json(obj, path):
 
 def main(argv=None):
     args = parse_args(argv)
+    with recipe_flags.exit_on(OSError):
+        os.makedirs(args.output_dir, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     start = time.perf_counter()
     try:
@@ -168,20 +174,22 @@ def main(argv=None):
     print(f"plan: {plan.reason}")
     print(f"backbone: {backbone.count_params():,d} parameters; pretrainer: {pretrainer.count_params():,d}")
 
-    progress = Progress(args.log_every, args.batch_size * args.max_length, args.time_limit)
+    progress, guard = Progress(args.log_every, args.batch_size * args.max_length, args.time_limit), \
+        nonfinite.NonFiniteGuard()
     epochs = -(-args.max_steps // args.log_every)
     validation_steps = min(20, (len(val_idx)) // args.batch_size)
     fit_start = time.perf_counter()
     pretrainer.fit(train_ds, steps_per_epoch=args.log_every, epochs=epochs, validation_data=val_ds,
-                   validation_steps=validation_steps, callbacks=[progress], verbose=0,
+                   validation_steps=validation_steps, callbacks=[guard, progress], verbose=0,
                    shuffle=False)  # the dataset reshuffles itself
     fit_seconds = time.perf_counter() - fit_start
+    with recipe_flags.exit_on(FloatingPointError):
+        guard.check(pretrainer)
     final = pretrainer.evaluate(val_ds, verbose=0, return_dict=True)
     print(f"trained {progress.steps} steps in {fit_seconds:,.0f} s; held-out pairs ({len(val_idx):,d}): "
           f"mlm accuracy {final['mlm_accuracy']:.4f}, nsp accuracy {final['nsp_accuracy']:.4f}, "
           f"loss {final['loss']:.3f}")
 
-    os.makedirs(args.output_dir, exist_ok=True)
     training.save_keras_atomically(backbone, os.path.join(args.output_dir, "backbone.keras"))
     tokenizer.save_vocabulary(os.path.join(args.output_dir, "vocabulary.json"))
     save_json(dict(settings=vars(args), plan=plan.reason, steps=progress.steps, fit_seconds=fit_seconds,

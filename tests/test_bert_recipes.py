@@ -1,0 +1,72 @@
+"""The BERT recipes: flag errors before any work; pretrain → fine-tune → export end to end (slow)."""
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_only import run_tf_only
+
+RECIPES = pathlib.Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("recipe,argv,message", [
+    ("bert_pretrain", ["--max-length", "3"], "--max-length must be a finite number in [4, inf]; received 3"),
+    ("bert_pretrain", ["--max-steps", "10", "--warmup-steps", "10"], "--warmup-steps must be"),
+    ("bert_pretrain", ["--d-model", "30", "--num-heads", "4"], "--d-model 30 is not divisible by --num-heads 4"),
+    ("bert_finetune", ["--mode", "top-k", "--top-k", "0"], "--top-k must be an integer >= 1; received 0"),
+    ("bert_finetune", ["--learning-rate", "nan"], "--learning-rate must be a finite number"),
+    ("bert_finetune", ["--pretrained", "x", "--from-scratch"], "not allowed with argument"),
+    ("bert_finetune", ["--name", "../escape"], "--name must be a single folder name"),
+])
+def test_bad_flags_are_one_line_errors(capsys, recipe, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        _load(recipe).parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_finetune_without_a_pretrained_encoder_says_what_to_run(tmp_path):
+    with pytest.raises(SystemExit, match="backbone.keras not found: run recipes/bert_pretrain.py"):
+        _load("bert_finetune").main(["--pretrained", str(tmp_path / "none"), "--export-dir", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_pretrain_then_finetune_then_serve(tmp_path, capsys):
+    pretrained = tmp_path / "pretrained"
+    assert _load("bert_pretrain").main([
+        "--output-dir", str(pretrained), "--vocab-size", "300", "--max-length", "32", "--d-model", "32",
+        "--num-heads", "2", "--num-layers", "2", "--ff-dim", "64", "--batch-size", "8", "--max-steps", "20",
+        "--log-every", "10", "--max-predictions", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "mlm acc" in out and "nsp acc" in out and "held-out pairs" in out
+    assert sorted(os.listdir(pretrained)) == ["backbone.keras", "pretraining.json", "vocabulary.json"]
+    for mode in ("full", "frozen", "top-k"):
+        assert _load("bert_finetune").main([
+            "--pretrained", str(pretrained), "--mode", mode, "--top-k", "1", "--epochs", "1",
+            "--max-train-examples", "256", "--export-dir", str(tmp_path / "out"), "--name", "sentiment",
+            "--verbose", "0", "--report", str(tmp_path / f"{mode}.json")]) == 0
+        out = capsys.readouterr().out
+        assert "confusion matrix" in out and "predictions of the exported SavedModel" in out
+        assert json.loads((tmp_path / f"{mode}.json").read_text())["mode"] == mode
+    assert sorted(os.listdir(tmp_path / "out" / "sentiment")) == ["1", "2", "3"]
+    strings = ["a good film", "", "très bien 😀", " ".join(["dull"] * 3000)]
+    expected = keras.models.load_model(tmp_path / "out" / "sentiment.keras").predict(tf.constant(strings), verbose=0)
+    result = run_tf_only(f"""
+        serving = tf.saved_model.load(newest_version({str(tmp_path / "out" / "sentiment")!r})).signatures["serving_default"]
+        print(serving(text=tf.constant({strings!r}))["probabilities"].numpy().tolist())
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    np.testing.assert_allclose(json.loads(result.stdout.splitlines()[0]), expected, atol=1e-5)
