@@ -322,7 +322,17 @@ def classification_dataset(texts, labels, preprocessor, batch_size, shuffle=Fals
     """
     max_length = preprocessor.max_length
     ds = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string), tf.constant(labels, tf.int32)))
+    do_not_convert = tf.autograph.experimental.do_not_convert  # plain TF ops; autograph only warns
 
+    @do_not_convert
+    def pack(batch_texts, batch_labels):
+        return preprocessor(batch_texts), batch_labels
+
+    @do_not_convert
+    def real_tokens(inputs, _):
+        return tf.reduce_sum(inputs["padding_mask"])
+
+    @do_not_convert
     def trim(inputs, label):
         longest = tf.reduce_max(tf.reduce_sum(inputs["padding_mask"], axis=1))
         length = tf.minimum((longest + length_multiple - 1) // length_multiple * length_multiple, max_length)
@@ -330,10 +340,9 @@ def classification_dataset(texts, labels, preprocessor, batch_size, shuffle=Fals
 
     if shuffle:
         ds = ds.shuffle(len(texts), seed=seed, reshuffle_each_iteration=True)
-        ds = ds.batch(256).map(lambda t, y: (preprocessor(t), y), num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+        ds = ds.batch(256).map(pack, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
         boundaries = list(range(length_multiple + 1, max_length + 1, length_multiple))
-        ds = ds.bucket_by_sequence_length(lambda inputs, _: tf.reduce_sum(inputs["padding_mask"]), boundaries,
-                                          [batch_size] * (len(boundaries) + 1))
+        ds = ds.bucket_by_sequence_length(real_tokens, boundaries, [batch_size] * (len(boundaries) + 1))
     else:
-        ds = ds.batch(batch_size).map(lambda t, y: (preprocessor(t), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size).map(pack, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
