@@ -84,18 +84,13 @@ def parse_args(argv=None):
     fit.add_argument("--weight-decay", type=float, default=0.01, help="(default: 0.01)")
     fit.add_argument("--patience", type=int, default=1,
                      help="early stopping: epochs without val_loss improvement (default: 1)")
-    fit.add_argument("--precision", default="auto", choices=("auto",) + training.PRECISIONS,
-                     help="dtype policy; auto = the faster on this machine (default: auto)")
-    fit.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
-                     help="XLA for the train step; auto follows the training plan (default: auto)")
     fit.add_argument("--seed", type=int, default=0, help="(default: 0)")
     out = parser.add_argument_group("output")
     out.add_argument("--export-dir", default="saved_models", help="(default: saved_models)")
     out.add_argument("--name", default="bert_classifier",
                      help="exports go to EXPORT_DIR/NAME/<version>/ (default: bert_classifier)")
     out.add_argument("--report", metavar="FILE", help="also write the metrics and timings as JSON here")
-    out.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2),
-                     help="Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch (default: 2)")
+    recipe_flags.add_runtime_flags(parser)
     return recipe_flags.parse_args(parser, argv, check_flags)
 
 
@@ -144,7 +139,7 @@ def load_encoder(args, train_texts, plan):
             raise SystemExit(f"error: {missing[0]} not found: run recipes/bert_pretrain.py --output-dir "
                              f"{args.pretrained} first, or pass --from-scratch")
         lower_case = json.load(open(files["pretraining.json"], encoding="utf-8"))["lower_case"]
-        with plan.policy_scope():
+        with plan.scope():
             backbone = keras.models.load_model(files["backbone.keras"])
         return backbone, text.WordPieceTokenizer.from_vocabulary_file(files["vocabulary.json"]), lower_case
     lower_case = not args.keep_case
@@ -152,7 +147,7 @@ def load_encoder(args, train_texts, plan):
         tokenizer = text.WordPieceTokenizer.from_vocabulary_file(args.vocabulary)
     else:
         tokenizer = text.learn_bert_vocabulary(train_texts, args.vocab_size, lower_case=lower_case)
-    with plan.policy_scope():
+    with plan.scope():
         backbone = models.bert_backbone(tokenizer.vocabulary_size, args.max_length or 128, args.d_model,
                                         args.num_heads, args.num_layers, args.ff_dim, args.encoder_dropout)
     return backbone, tokenizer, lower_case
@@ -160,6 +155,11 @@ def load_encoder(args, train_texts, plan):
 
 def main(argv=None):
     args = parse_args(argv)
+    with training.quiet_logs(args):
+        return run(args)
+
+
+def run(args):
     keras.utils.set_random_seed(args.seed)
     try:
         train, val = load_data(args)
@@ -177,8 +177,7 @@ def main(argv=None):
         print(f"{split_name}: {len(split)} texts from {split.source}; "
               + ", ".join(f"{n}={c}" for n, c in zip(label_names, counts)))
 
-    jit = {"on": True, "off": False, "auto": "auto"}[args.jit_compile]
-    plan = training.select_plan(args.precision, jit_compile=jit)
+    plan, _ = training.plan_from_flags(args)
     try:
         backbone, tokenizer, lower_case = load_encoder(args, train.texts, plan)
         encoder_length = backbone.get_layer("embedding").max_length
@@ -187,7 +186,7 @@ def main(argv=None):
         preprocessor = text.BertPreprocessor(tokenizer, args.max_length or encoder_length, lower_case=lower_case)
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
-    with plan.policy_scope():
+    with plan.scope():
         model = models.bert_classifier(backbone, len(label_names), dropout=args.dropout)
     try:
         trainable = models.set_finetune_mode(model, args.mode, args.top_k if args.mode == "top-k" else None)
@@ -200,7 +199,6 @@ def main(argv=None):
     start = "from scratch" if args.from_scratch else f"pretrained ({args.pretrained})"
     print(f"encoder: {start}; mode {args.mode}: {sum(int(np.prod(v.shape)) for v in model.trainable_weights):,d}"
           f" of {model.count_params():,d} parameters train ({', '.join(trainable)})")
-    print(f"plan: {plan.reason}")
 
     train_ds = text.classification_dataset(train.texts, train.labels, preprocessor, args.batch_size, shuffle=True,
                                            seed=args.seed)
@@ -209,8 +207,10 @@ def main(argv=None):
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True,
                                          verbose=1)
     fit_start = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, callbacks=[guard, stop, timer],
-              verbose=args.verbose, shuffle=False)  # the dataset reshuffles itself every epoch
+    with plan.scope():
+        model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, verbose=recipe_flags.fit_verbosity(args),
+                  callbacks=[guard, stop, timer, *training.runtime_callbacks(args, plan)],
+                  shuffle=False)  # the dataset reshuffles itself every epoch
     fit_seconds = time.perf_counter() - fit_start
     with recipe_flags.exit_on(FloatingPointError):
         guard.check(model)

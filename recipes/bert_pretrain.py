@@ -56,14 +56,11 @@ def parse_args(argv=None):
     fit.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
     fit.add_argument("--time-limit", type=float, metavar="MINUTES",
                      help="stop training after this many minutes (the schedule still assumes --max-steps)")
-    fit.add_argument("--precision", default="auto", choices=("auto",) + training.PRECISIONS,
-                     help="dtype policy; auto = the faster on this machine (default: auto)")
-    fit.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto",
-                     help="XLA for the train step; auto follows the training plan (default: auto)")
     fit.add_argument("--seed", type=int, default=0, help="(default: 0)")
     out = parser.add_argument_group("output")
     out.add_argument("--output-dir", default="saved_models/bert_pretrained",
                      help="where the backbone and vocabulary go (default: saved_models/bert_pretrained)")
+    recipe_flags.add_runtime_flags(parser)
     return recipe_flags.parse_args(parser, argv, check_flags)
 
 
@@ -129,6 +126,11 @@ def save_json(obj, path):
 
 def main(argv=None):
     args = parse_args(argv)
+    with training.quiet_logs(args):
+        return run(args)
+
+
+def run(args):
     with recipe_flags.exit_on(OSError):
         os.makedirs(args.output_dir, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
@@ -161,9 +163,8 @@ def main(argv=None):
                                       preprocessor, args.max_predictions, args.batch_size, shuffle=False,
                                       repeat=False)
 
-    jit = {"on": True, "off": False, "auto": "auto"}[args.jit_compile]
-    plan = training.select_plan(args.precision, jit_compile=jit)
-    with plan.policy_scope():
+    plan, _ = training.plan_from_flags(args)
+    with plan.scope():
         backbone = models.bert_backbone(tokenizer.vocabulary_size, args.max_length, args.d_model,
                                         args.num_heads, args.num_layers, args.ff_dim, args.dropout)
         pretrainer = models.bert_pretrainer(backbone)
@@ -171,7 +172,6 @@ def main(argv=None):
     training.compile_model(pretrainer, plan, optimizer=training.adamw(schedule, weight_decay=args.weight_decay,
                                                                       global_clipnorm=1.0),
                            **models.pretraining_compile_args())
-    print(f"plan: {plan.reason}")
     print(f"backbone: {backbone.count_params():,d} parameters; pretrainer: {pretrainer.count_params():,d}")
 
     progress, guard = Progress(args.log_every, args.batch_size * args.max_length, args.time_limit), \
@@ -179,13 +179,14 @@ def main(argv=None):
     epochs = -(-args.max_steps // args.log_every)
     validation_steps = min(20, (len(val_idx)) // args.batch_size)
     fit_start = time.perf_counter()
-    pretrainer.fit(train_ds, steps_per_epoch=args.log_every, epochs=epochs, validation_data=val_ds,
-                   validation_steps=validation_steps, callbacks=[guard, progress], verbose=0,
-                   shuffle=False)  # the dataset reshuffles itself
-    fit_seconds = time.perf_counter() - fit_start
-    with recipe_flags.exit_on(FloatingPointError):
-        guard.check(pretrainer)
-    final = pretrainer.evaluate(val_ds, verbose=0, return_dict=True)
+    with plan.scope():
+        pretrainer.fit(train_ds, steps_per_epoch=args.log_every, epochs=epochs, validation_data=val_ds,
+                       validation_steps=validation_steps, verbose=0, shuffle=False,  # the data reshuffles itself
+                       callbacks=[guard, progress, *training.runtime_callbacks(args, plan)])
+        fit_seconds = time.perf_counter() - fit_start
+        with recipe_flags.exit_on(FloatingPointError):
+            guard.check(pretrainer)
+        final = pretrainer.evaluate(val_ds, verbose=0, return_dict=True)
     print(f"trained {progress.steps} steps in {fit_seconds:,.0f} s; held-out pairs ({len(val_idx):,d}): "
           f"mlm accuracy {final['mlm_accuracy']:.4f}, nsp accuracy {final['nsp_accuracy']:.4f}, "
           f"loss {final['loss']:.3f}")

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from kerazoo import export, models, text, training
-from tf_only import run_tf_only
+from tf_only import assert_no_xla, run_tf_only
 
 CORPUS = ("the cat sat on the mat. the dog sat on the log. a cat saw a dog.\n\n"
           "birds fly over the sea. fish swim under the sea. the sea is deep.\n\n"
@@ -149,6 +149,7 @@ def test_string_in_classifier_reloads_and_its_export_serves_in_a_strict_tf_only_
     np.testing.assert_allclose(reloaded(tf.constant(_hostile_strings())), expected, atol=1e-5)
 
     path = export.export_saved_model(classifier, tmp_path, "bert", preprocessor=preprocessor)
+    assert_no_xla(path)  # no Xla* op, no XLA-marked function: servable by a TF Serving without XLA
     result = run_tf_only(f"""
         import json
         path = newest_version({str(tmp_path / "bert")!r})

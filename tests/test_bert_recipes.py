@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_only import run_tf_only
+from tf_only import assert_no_xla, run_tf_only
 
 RECIPES = pathlib.Path(__file__).resolve().parent.parent / "recipes"
 
@@ -51,7 +51,7 @@ def test_pretrain_then_finetune_then_serve(tmp_path, capsys):
         "--num-heads", "2", "--num-layers", "2", "--ff-dim", "64", "--batch-size", "8", "--max-steps", "20",
         "--log-every", "10", "--max-predictions", "5"]) == 0
     out = capsys.readouterr().out
-    assert "mlm acc" in out and "nsp acc" in out and "held-out pairs" in out
+    assert "mlm acc" in out and "nsp acc" in out and "held-out pairs" in out and "plan:" in out
     assert sorted(os.listdir(pretrained)) == ["backbone.keras", "pretraining.json", "vocabulary.json"]
     for mode in ("full", "frozen", "top-k"):
         assert _load("bert_finetune").main([
@@ -62,6 +62,7 @@ def test_pretrain_then_finetune_then_serve(tmp_path, capsys):
         assert "confusion matrix" in out and "predictions of the exported SavedModel" in out
         assert json.loads((tmp_path / f"{mode}.json").read_text())["mode"] == mode
     assert sorted(os.listdir(tmp_path / "out" / "sentiment")) == ["1", "2", "3"]
+    assert_no_xla(tmp_path / "out" / "sentiment" / "3")
     strings = ["a good film", "", "très bien 😀", " ".join(["dull"] * 3000)]
     expected = keras.models.load_model(tmp_path / "out" / "sentiment.keras").predict(tf.constant(strings), verbose=0)
     result = run_tf_only(f"""

@@ -51,7 +51,7 @@ def bert_backbone(vocab_size, max_length=128, d_model=256, num_heads=4, num_laye
     >>> backbone = bert_backbone(vocab_size=100, max_length=16, d_model=32, num_heads=2,
     ...                          num_layers=1, ff_dim=64)
     >>> ones = keras.ops.ones((2, 16), dtype="int32")
-    >>> backbone({"token_ids": ones, "segment_ids": ones, "padding_mask": ones})["pooled_output"].shape
+    >>> tuple(backbone({"token_ids": ones, "segment_ids": ones, "padding_mask": ones})["pooled_output"].shape)
     (2, 32)
     """
     for arg, value in (("vocab_size", vocab_size), ("num_layers", num_layers), ("num_segments", num_segments)):
@@ -199,7 +199,7 @@ class OutputBias(keras.layers.Layer):
 
     Example:
 
-    >>> OutputBias()(keras.ops.zeros((2, 5))).shape
+    >>> tuple(OutputBias()(keras.ops.zeros((2, 5))).shape)
     (2, 5)
     """
 
