@@ -33,6 +33,7 @@ def main(argv=None):
                                   description="Show an export's versions and its signatures.")
     inspect.add_argument("path", help="a model folder or a version folder")
     commands.add_parser("recipes", help="list the runnable recipes", description="List the recipes.")
+    _add_attention_parser(commands)
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's C++ log lines")
     args = parser.parse_args(argv)
     try:
@@ -41,6 +42,8 @@ def main(argv=None):
                 return _list_recipes()
             if args.command == "inspect":
                 return _inspect(args.path)
+            if args.command == "attention":
+                return _attention(args)
             return _predict(args.path, args.texts, args.json)
     except (FileNotFoundError, ValueError) as error:
         print(f"kerazoo {args.command}: error: {error}", file=sys.stderr)
@@ -140,6 +143,40 @@ def _predict(path, texts, as_json):
     print(f"{input_name:<{width}}  " + "  ".join(sorted(outputs)))
     for text, row in zip(shown, rows):
         print(f"{text:<{width}}  " + "  ".join(_format(row[key]) for key in sorted(outputs)))
+    return 0
+
+
+def _add_attention_parser(commands):
+    attention = commands.add_parser(
+        "attention", help="draw a model's attention for a text as a heat map",
+        description="Attention probabilities of one layer of a .keras model built from MultiHeadSelfAttention "
+                    "(e.g. a transformer_lm) for a text: a labelled heat-map PNG, and where each head's last "
+                    "position attends most.")
+    attention.add_argument("model", help="a .keras model")
+    attention.add_argument("vocabulary", help="its tokenizer's vocabulary file (save_vocabulary)")
+    attention.add_argument("text", help="the input text")
+    attention.add_argument("--layer", type=int, default=0, help="attention layer index, negative from the end "
+                                                                 "(default: 0)")
+    attention.add_argument("--head", type=int, help="one head (default: all)")
+    attention.add_argument("--output", default="attention.png", help="the PNG (default: attention.png)")
+
+
+def _attention(args):
+    import keras
+
+    from kerazoo import text, visualize
+
+    if not os.path.isfile(args.model):
+        raise FileNotFoundError(f"model file not found: {args.model!r}")
+    tokenizer = text.load_tokenizer(args.vocabulary)
+    maps = visualize.attention_maps(keras.models.load_model(args.model), tokenizer, args.text, args.layer,
+                                    args.head, path=args.output)
+    heads = [maps.scores] if maps.head is not None else list(maps.scores)
+    print(f"layer {maps.layer}: {len(maps.tokens)} tokens; heat map written to {args.output}")
+    for head, scores in zip([maps.head] if maps.head is not None else range(len(heads)), heads):
+        key = int(scores[-1].argmax())
+        print(f"  head {head}: the last token {maps.tokens[-1]!r} attends most to token {key} "
+              f"{maps.tokens[key]!r} ({scores[-1, key]:.0%})")
     return 0
 
 

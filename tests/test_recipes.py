@@ -215,3 +215,47 @@ def test_lstm_classifier_recipe_prints_and_keeps_the_classes_asked_for(tmp_path,
     probabilities = tf.saved_model.load(str(tmp_path / "out" / "three" / "1")).signatures["serving_default"](
         text=tf.constant(["a good film"]))["probabilities"]
     assert probabilities.shape == (1, 3)
+
+
+def test_in_context_learning_recipe_end_to_end_and_on_a_user_task(tmp_path, capsys):
+    """A few steps (no ability yet): the table, results, pictures, the saved LM on a user's task file, errors."""
+    recipe = _load("in_context_learning")
+    assert recipe.main(["--d-model", "16", "--num-heads", "2", "--num-layers", "2", "--ff-dim", "32",
+                        "--batch-size", "8", "--max-steps", "20", "--eval-interval", "10", "--warmup-steps", "2",
+                        "--examples-per-episode", "10", "--held-out-tasks", "4", "--queries-per-task", "4",
+                        "--shots", "0", "2", "8", "--trials", "2", "--precision", "float32",
+                        "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["chance"] == 0.25 and results["family"] == "mapping"
+    assert [r["answered"] for r in results["results"]["plain"]] == [16, 32, 32]
+    assert "step    20:" in out and "chance: 0.250" in out and "of the last position's attention" in out
+    for picture in ("accuracy.png", "attention.png"):
+        assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG"
+
+    task = tmp_path / "task.jsonl"
+    task.write_text(json.dumps({"labels": ["0", "1", "2", "3"]}) + "\n"
+                    + "".join(json.dumps({"input": c, "output": str(i % 4)}) + "\n" for i, c in enumerate("abcdefgh")))
+    assert recipe.main(["--model", str(tmp_path / "model.keras"), "--vocabulary", str(tmp_path / "vocabulary.json"),
+                        "--task", str(task), "--template", "{input}{output}", "--separator", " ", "--shots", "0", "2",
+                        "--trials", "2", "--calibrate", "--output-dir", str(tmp_path / "user")]) == 0
+    out = capsys.readouterr().out
+    assert "task task: 8 examples" in out and "calibrated accuracy" in out
+    saved = json.loads((tmp_path / "user" / "results.json").read_text())
+    assert [r["answered"] for r in saved["results"]["calibrated"]] == [8, 12]  # 2 trials x (8 - 2 demonstrations)
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--model", "m.keras"])
+    assert "--model, --vocabulary and --task go together" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="error: .*has no labels line"):
+        task.write_text('{"input": "a", "output": "1"}\n{"input": "b", "output": "2"}\n')
+        recipe.main(["--model", str(tmp_path / "model.keras"), "--vocabulary", str(tmp_path / "vocabulary.json"),
+                     "--task", str(task), "--output-dir", str(tmp_path / "user")])
+
+
+@pytest.mark.slow
+def test_in_context_learning_emerges_on_held_out_mappings(tmp_path, capsys):
+    """A shortened default run (about 2 minutes on 2 cores): 8 demonstrations lift held-out accuracy far above chance."""
+    assert _load("in_context_learning").main(["--max-steps", "2000", "--held-out-tasks", "16", "--shots", "0", "8",
+                                              "--trials", "2", "--output-dir", str(tmp_path)]) == 0
+    zero, eight = json.loads((tmp_path / "results.json").read_text())["results"]["plain"]
+    assert zero["accuracy"] < 0.4 and eight["accuracy"] >= 0.8, capsys.readouterr().out

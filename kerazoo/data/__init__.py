@@ -2,10 +2,13 @@
 
 from kerazoo.data.corpus import lm_dataset, prefetched, read_text, sample_corpus, split_text
 from kerazoo.data.datasets import DATASETS, decode_imdb, load_dataset
+from kerazoo.data.few_shot import (FewShotTask, LinearRuleFamily, TokenMappingFamily, episodes, held_out_tasks,
+                                   load_few_shot_task, split_rules)
 from kerazoo.data.labeled_text import LabeledText, load_labeled_text
 from kerazoo.data.pairs import encode_pairs, pairs_dataset, read_pairs
 from kerazoo.data.sample import sample_sentiment
 
-__all__ = ["DATASETS", "LabeledText", "decode_imdb", "encode_pairs", "lm_dataset", "load_dataset",
+__all__ = ["DATASETS", "FewShotTask", "LabeledText", "LinearRuleFamily", "TokenMappingFamily", "decode_imdb",
+           "encode_pairs", "episodes", "held_out_tasks", "lm_dataset", "load_dataset", "load_few_shot_task",
            "load_labeled_text", "pairs_dataset", "prefetched", "read_pairs", "read_text", "sample_corpus",
-           "sample_sentiment", "split_text"]
+           "sample_sentiment", "split_rules", "split_text"]

@@ -209,3 +209,25 @@ class WordPieceTokenizer(_VocabularyTokenizer):
             ids = tf.RaggedTensor.from_tensor(ids, padding=self.pad_id)
         # Punctuation is split into single characters, so no decoded word starts with "##" otherwise.
         return tf.strings.regex_replace(self._tokenizer.detokenize(ids), "^##", "")
+
+
+def load_tokenizer(path):
+    """Rebuilds whichever kerazoo tokenizer wrote the vocabulary file `path` (`save_vocabulary`).
+
+    Args:
+        path: the vocabulary file.
+
+    Returns:
+        A `CharTokenizer` or `WordPieceTokenizer`.
+    """
+    kinds = {cls.__name__: cls for cls in (CharTokenizer, WordPieceTokenizer)}
+    try:
+        with open(path, encoding="utf-8") as f:
+            kind = json.load(f).get("tokenizer")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"vocabulary file not found: {path!r}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        kind = None
+    if kind not in kinds:
+        raise ValueError(f"{path!r} is not a vocabulary file written by a kerazoo tokenizer's save_vocabulary.")
+    return kinds[kind].from_vocabulary_file(path)
