@@ -585,7 +585,8 @@ def plan_from_flags(args, build=None, batch=None, print_fn=print):
     jit = {"on": True, "off": False, "auto": "auto"}[args.jit_compile]
     saved = Checkpoint.saved_plan(args.checkpoint_dir) if getattr(args, "checkpoint_dir", None) else None
     if saved and args.precision == "auto" and jit == "auto":
-        plan = dataclasses.replace(saved, reason=f"from the checkpoint in {args.checkpoint_dir}: {saved.reason}")
+        plan = dataclasses.replace(saved, reason=f"from the checkpoint in {args.checkpoint_dir}: {saved.reason}",
+                                   xla_fusion=saved.xla_fusion and fusible_clustering_available())
     elif build is not None:
         plan, model = choose_plan(build, batch, args.precision, jit, print_fn=print_fn)
         return plan, model
@@ -647,8 +648,10 @@ class TensorBoard(keras.callbacks.TensorBoard):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         if self.plan is not None:
-            with tf.summary.create_file_writer(os.path.join(self.log_dir, "plan")).as_default():
+            writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "plan"))
+            with writer.as_default():
                 tf.summary.text("plan", json.dumps(self.plan.to_dict()), step=0)
+            writer.close()
 
 
 class Checkpoint(keras.callbacks.Callback):

@@ -381,3 +381,15 @@ def test_lm_recipe_killed_mid_training_resumes_where_it_stopped(tmp_path, capsys
     assert final(resumed) == pytest.approx(final(uninterrupted), abs=2e-3)
     steps = lambda out: re.findall(r"^step +(\d+):", out, re.M)  # noqa: E731
     assert steps(resumed)[0] == str(epochs_done * 10) and steps(resumed)[-1] == steps(uninterrupted)[-1] == "105"
+
+
+def test_a_resumed_run_keeps_the_plan_saved_with_its_checkpoint(tmp_path):
+    saved = training.TrainingPlan("mixed_bfloat16", False, "timed earlier")
+    training.write_json_atomically(tmp_path / "plan.json", saved.to_dict())
+    lines = []
+    args = argparse.Namespace(precision="auto", jit_compile="auto", checkpoint_dir=str(tmp_path))
+    plan, model = training.plan_from_flags(args, print_fn=lines.append)
+    assert (plan.precision, plan.jit_compile, model) == ("mixed_bfloat16", False, None)
+    assert lines == [f"plan: from the checkpoint in {tmp_path}: timed earlier"]
+    args.precision = "float32"  # flags that pin a plan win over the saved one
+    assert training.plan_from_flags(args, print_fn=lines.append)[0].precision == "float32"
