@@ -866,3 +866,31 @@ def save_keras_atomically(model, path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training once `seconds` of wall time have passed (checked after every batch).
+
+    For comparisons at equal wall-clock time. `elapsed` holds the training
+    time when `fit` returns, `stopped_early` whether the budget ended it.
+
+    Example:
+
+    >>> model.fit(data, epochs=100, callbacks=[TimeBudget(600)])  # doctest: +SKIP
+    """
+
+    def __init__(self, seconds):
+        super().__init__()
+        if not seconds > 0:
+            raise ValueError(f"`seconds` must be > 0; received {seconds!r}.")
+        self.seconds = seconds
+        self.elapsed = 0.0
+        self.stopped_early = False
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.elapsed = time.perf_counter() - self._start
+        if self.elapsed >= self.seconds:
+            self.stopped_early = self.model.stop_training = True

@@ -1,7 +1,10 @@
 """Cross-attention, the decoder block, encoder–decoder models, greedy/beam decoding and the translator export."""
 
+import importlib.util
 import itertools
 import json
+import os
+import pathlib
 
 import keras
 import numpy as np
@@ -13,6 +16,7 @@ from kerazoo.layers import MultiHeadCrossAttention, TransformerDecoderBlock
 from tf_only import run_tf_only
 
 HEADS, D_MODEL, D_CONTEXT = 4, 16, 12
+RECIPES = pathlib.Path(__file__).resolve().parent.parent / "recipes"
 
 
 def _cross_pair():
@@ -260,3 +264,48 @@ def test_read_pairs_errors(tmp_path):
         data.read_pairs(bad)
     with pytest.raises(FileNotFoundError):
         data.read_pairs(tmp_path / "missing.txt")
+
+
+def _translate_recipe():
+    spec = importlib.util.spec_from_file_location("translate", RECIPES / "translate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_translate_recipe_end_to_end(tmp_path, capsys):
+    sources, targets = _reverse_pairs(200, seed=2)
+    path = tmp_path / "pairs.txt"
+    path.write_text("".join(f"{t}\t{s}\tattribution\n" for s, t in zip(sources, targets)), encoding="utf-8")
+    recipe = _translate_recipe()
+    assert recipe.main(["--data", str(path), "--source-column", "1", "--target-column", "0",
+                        "--vocab-size", "60", "--max-length", "8", "--d-model", "16", "--num-heads", "2",
+                        "--num-layers", "1", "--ff-dim", "16", "--epochs", "1", "--batch-size", "32",
+                        "--beam-width", "2", "--samples", "1", "--export-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "train 180 / validation 10 / test 10" in out
+    assert "BLEU (validation, 10 sentences, greedy)" in out and "BLEU (validation, 10 sentences, beam 2)" in out
+    assert "exported translator:" in out
+    assert sorted(os.listdir(tmp_path / "out")) == ["translator", "translator.keras",
+                                                    "translator.source.vocabulary.json",
+                                                    "translator.target.vocabulary.json"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--beam-width", "0"], "--beam-width must be an integer >= 1"),
+    (["--d-model", "10", "--num-heads", "4"], "--d-model 10 is not divisible"),
+    (["--validation-fraction", "0.7"], "--validation-fraction must be a finite number"),
+    (["--data", "/nonexistent/pairs.txt"], "pairs file not found"),
+])
+def test_translate_recipe_rejects_bad_input_with_one_line(capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        _translate_recipe().main(flags + ["--no-export"])
+    assert message in capsys.readouterr().err + str(exit_info.value.code)
+
+
+def test_sample_pairs_are_parallel_sentences():
+    english, spanish = data.sample_pairs(200, seed=3)
+    assert len(english) == len(spanish) == 200 and len(set(english)) > 150
+    assert all(e.endswith(".") and s.endswith(".") for e, s in zip(english, spanish))
+    negated = [(e, s) for e, s in zip(english, spanish) if " not " in e]
+    assert negated and all(" no " in s for _, s in negated)

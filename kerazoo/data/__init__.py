@@ -7,8 +7,9 @@ from kerazoo.data.few_shot import (FewShotTask, LinearRuleFamily, TokenMappingFa
 from kerazoo.data.labeled_text import LabeledText, load_labeled_text
 from kerazoo.data.pairs import encode_pairs, pairs_dataset, read_pairs
 from kerazoo.data.sample import sample_sentiment
+from kerazoo.data.sample_pairs import sample_pairs
 
 __all__ = ["DATASETS", "FewShotTask", "LabeledText", "LinearRuleFamily", "TokenMappingFamily", "decode_imdb",
            "encode_pairs", "episodes", "held_out_tasks", "lm_dataset", "load_dataset", "load_few_shot_task",
            "load_labeled_text", "pairs_dataset", "prefetched", "read_pairs", "read_text", "sample_corpus",
-           "sample_sentiment", "split_rules", "split_text"]
+           "sample_pairs", "sample_sentiment", "split_rules", "split_text"]
