@@ -1,0 +1,131 @@
+"""word2vec: skip-gram with negative sampling (Mikolov et al., 2013), and nearest neighbours of its vectors."""
+
+import keras
+import numpy as np
+
+
+def word2vec(vocab_size, embedding_dim=100, name="word2vec"):
+    """Builds a skip-gram negative-sampling model.
+
+    Every word has two vectors: a target embedding (the word vector one keeps,
+    layer "target_embedding") and a context embedding. The score of a (target,
+    candidate) pair is their dot product; training pushes sigmoid(score) to 1
+    for the true context and to 0 for the sampled negatives (train with
+    binary cross-entropy on logits, e.g. on `data.skipgram_dataset`). The
+    context table starts at zero and the target table uniform in
+    ±0.5/embedding_dim, as in word2vec.c.
+
+    Args:
+        vocab_size: number of words.
+        embedding_dim: vector size.
+        name: model name.
+
+    Returns:
+        A `keras.Model` from `[targets (batch,), candidates (batch, 1 + negatives)]`
+        int32 ids to `(batch, 1 + negatives)` float32 logits.
+
+    Example:
+
+    >>> model = word2vec(1000, 16)
+    >>> model([keras.ops.ones((4,), "int32"), keras.ops.ones((4, 6), "int32")]).shape
+    (4, 6)
+    """
+    for arg, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{arg}` must be a positive integer; received {arg}={value!r}.")
+    targets = keras.Input(shape=(), dtype="int32", name="targets")
+    candidates = keras.Input(shape=(None,), dtype="int32", name="candidates")
+    bound = 0.5 / embedding_dim
+    target_vectors = keras.layers.Embedding(
+        vocab_size, embedding_dim, embeddings_initializer=keras.initializers.RandomUniform(-bound, bound),
+        name="target_embedding")(targets)
+    candidate_vectors = keras.layers.Embedding(vocab_size, embedding_dim, embeddings_initializer="zeros",
+                                               name="context_embedding")(candidates)
+    logits = keras.layers.Dot(axes=(1, 2), name="dots")([target_vectors, candidate_vectors])
+    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+    return keras.Model([targets, candidates], logits, name=name)
+
+
+def nearest_neighbours(vectors, queries, k=10, exclude=None):
+    """The `k` rows of `vectors` with the highest cosine similarity to each query vector.
+
+    Args:
+        vectors: `(vocab, dim)` array.
+        queries: `(n, dim)` array.
+        k: neighbours per query.
+        exclude: optional list (one per query) of row ids never returned
+            (e.g. the query words themselves).
+
+    Returns:
+        `(ids (n, k), similarities (n, k))`, best first.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    queries = np.asarray(queries, dtype=np.float32)
+    queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    ids, similarities = [], []
+    for start in range(0, len(queries), 1024):
+        scores = queries[start:start + 1024] @ unit.T
+        for row, excluded in enumerate((exclude or [()] * len(queries))[start:start + 1024]):
+            scores[row, list(excluded)] = -np.inf
+        top = np.argpartition(-scores, min(k, scores.shape[1] - 1), axis=1)[:, :k]
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1)
+        ids.append(np.take_along_axis(top, order, axis=1))
+        similarities.append(np.take_along_axis(top_scores, order, axis=1))
+    return np.concatenate(ids), np.concatenate(similarities)
+
+
+def analogy_accuracy(vectors, words, questions):
+    """Accuracy on "a is to b as c is to d" questions (3CosAdd, as word2vec's compute-accuracy and gensim).
+
+    The answer is the word whose unit vector is closest (cosine) to
+    unit(b) - unit(a) + unit(c), excluding a, b and c. Only questions whose
+    four words are all in `words` count (case-insensitive).
+
+    Args:
+        vectors: `(vocab, dim)` word vectors.
+        words: the vocabulary, row order of `vectors`.
+        questions: an iterable of `(a, b, c, d)` str tuples.
+
+    Returns:
+        `(accuracy, correct, asked, total)`: accuracy over the asked
+        (in-vocabulary) questions, and the counts.
+    """
+    index = {w.lower(): i for i, w in enumerate(words)}
+    questions = list(questions)
+    asked = [tuple(index[w.lower()] for w in q) for q in questions if all(w.lower() in index for w in q)]
+    if not asked:
+        return 0.0, 0, 0, len(questions)
+    asked = np.array(asked)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    queries = unit[asked[:, 1]] - unit[asked[:, 0]] + unit[asked[:, 2]]
+    predicted, _ = nearest_neighbours(unit, queries, k=1, exclude=asked[:, :3].tolist())
+    correct = int(np.sum(predicted[:, 0] == asked[:, 3]))
+    return correct / len(asked), correct, len(asked), len(questions)
+
+
+def read_analogies(path):
+    """Questions from a file in the format of word2vec's questions-words.txt.
+
+    Lines starting with ":" name a section and lines starting with "//" are
+    comments; every other non-empty line is four words `a b c d`.
+
+    Args:
+        path: the file.
+
+    Returns:
+        A list of `(a, b, c, d)` tuples.
+    """
+    questions = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line or line.startswith((":", "//")):
+                continue
+            fields = line.split()
+            if len(fields) != 4:
+                raise ValueError(f"{path!r} line {number}: expected four words 'a b c d', found {len(fields)}.")
+            questions.append(tuple(fields))
+    return questions

@@ -1,0 +1,181 @@
+"""word2vec: skip-gram windows, sub-sampling and negative tables against their formulas; planted neighbours; the recipe."""
+
+import collections
+import importlib.util
+import os
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+
+from kerazoo import data, models, training
+
+RECIPES = pathlib.Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _oracle_pairs(ids, sentence_of, widths):
+    pairs = []
+    for i in range(len(ids)):
+        for offset in range(1, widths[i] + 1):
+            for j in (i - offset, i + offset):
+                if 0 <= j < len(ids) and sentence_of[j] == sentence_of[i]:
+                    pairs.append((int(ids[i]), int(ids[j])))
+    return sorted(pairs)
+
+
+def test_skipgram_pairs_are_the_reduced_windows_within_sentences():
+    sentences = [["a", "b", "c", "d", "e", "f", "g"], ["h", "i", "j"], ["k"]]
+    words = [w for s in sentences for w in s]
+    ids, sentence_of = data.encode_words(sentences, words)
+    assert ids.tolist() == list(range(11)) and sentence_of.tolist() == [0] * 7 + [1] * 3 + [2]
+    for seed in range(5):
+        targets, contexts = data.skipgram_pairs(ids, sentence_of, 3, np.random.default_rng(seed))
+        widths = np.random.default_rng(seed).integers(1, 4, size=len(ids))  # the same draws
+        assert sorted(zip(targets.tolist(), contexts.tolist())) == _oracle_pairs(ids, sentence_of, widths)
+    # window 1: exactly the neighbours inside each sentence
+    targets, contexts = data.skipgram_pairs(ids, sentence_of, 1, np.random.default_rng(0))
+    assert sorted(zip(targets.tolist(), contexts.tolist())) == sorted(
+        [(i, i + 1) for i in range(6)] + [(i + 1, i) for i in range(6)] + [(7, 8), (8, 7), (8, 9), (9, 8)])
+
+
+def test_sub_sampling_and_negative_tables_match_their_formulas():
+    counts = np.array([1000, 100, 10, 1])
+    f = counts / counts.sum()
+    np.testing.assert_allclose(data.keep_probabilities(counts, 1e-3),
+                               np.minimum(1, (np.sqrt(f / 1e-3) + 1) * 1e-3 / f))
+    assert data.keep_probabilities(counts, 1e-3)[0] < 0.05 and data.keep_probabilities(counts, 1e-3)[-1] == 1
+    np.testing.assert_array_equal(data.keep_probabilities(counts, 0), np.ones(4))
+    np.testing.assert_allclose(data.negative_distribution(counts), counts ** 0.75 / np.sum(counts ** 0.75))
+    # Sub-sampling keeps each word at its probability.
+    ids = np.repeat(np.arange(4), [20000, 20000, 20000, 20000]).astype(np.int32)
+    keep = np.array([0.1, 0.5, 0.9, 1.0])
+    targets, _ = data.skipgram_pairs(ids, np.zeros_like(ids), 1, np.random.default_rng(0), keep)
+    kept = np.bincount(np.concatenate([targets]), minlength=4) / 2 / 20000  # each kept word is a target ~twice
+    np.testing.assert_allclose(kept, keep, atol=0.02)
+
+
+def test_dataset_candidates_are_the_context_then_unigram_075_negatives():
+    sentences = [["a", "b", "a", "c", "a", "b", "d", "a"]] * 50
+    words, counts = data.build_vocabulary(sentences, min_count=1)
+    assert words == ["a", "b", "c", "d"] and counts.tolist() == [200, 100, 50, 50]
+    ids, sentence_of = data.encode_words(sentences, words)
+    dataset = data.skipgram_dataset(ids, sentence_of, counts, window=2, num_negatives=4, sample=0,
+                                    batch_size=64, seed=3)
+    contexts, negatives, targets = [], [], []
+    for _ in range(3):  # epochs
+        for (target, candidates), labels in dataset:
+            assert labels.numpy()[:, 0].tolist() == [1.0] * len(target)
+            assert not labels.numpy()[:, 1:].any()
+            targets.append(target.numpy())
+            contexts.append(candidates.numpy()[:, 0])
+            negatives.append(candidates.numpy()[:, 1:].ravel())
+    expected = data.skipgram_pairs(ids, sentence_of, 2, np.random.default_rng(3), np.ones(4))  # same draws
+    assert sorted(zip(np.concatenate(targets)[:len(expected[0])].tolist(),
+                      np.concatenate(contexts)[:len(expected[0])].tolist())) == sorted(
+        zip(*(e.tolist() for e in expected)))
+    share = np.bincount(np.concatenate(negatives), minlength=4) / np.concatenate(negatives).size
+    np.testing.assert_allclose(share, data.negative_distribution(counts), atol=0.01)
+
+
+def test_planted_pairs_become_nearest_neighbours():
+    # p_i and q_i occur in the same company (between a_i and b_i), never together: word2vec
+    # gives words with the same contexts close vectors.
+    rng = np.random.default_rng(0)
+    planted = [(f"p{i}", f"q{i}") for i in range(6)]
+    fillers = [f"f{i}" for i in range(20)]
+    sentences = []
+    for _ in range(1200):
+        i = rng.integers(len(planted))
+        sentence = list(rng.choice(fillers, size=4))
+        at = rng.integers(0, 5)
+        sentences.append(sentence[:at] + [f"a{i}", planted[i][rng.integers(2)], f"b{i}"] + sentence[at:])
+    words, counts = data.build_vocabulary(sentences, min_count=1)
+    ids, sentence_of = data.encode_words(sentences, words)
+    keras.utils.set_random_seed(0)
+    model = models.word2vec(len(words), 16)
+    training.compile_model(model, training.select_plan("float32", jit_compile=True),
+                           optimizer=keras.optimizers.Adam(0.02),
+                           loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(data.skipgram_dataset(ids, sentence_of, counts, window=1, num_negatives=5, sample=0,
+                                    batch_size=512), epochs=3, verbose=0)
+    vectors = model.get_layer("target_embedding").embeddings.numpy()
+    index = {w: i for i, w in enumerate(words)}
+    queries = [index[p] for p, _ in planted]
+    nearest, _ = models.nearest_neighbours(vectors, vectors[queries], 1, exclude=[[q] for q in queries])
+    assert [words[i] for i in nearest[:, 0]] == [q for _, q in planted]
+
+
+def test_analogy_accuracy_and_reader(tmp_path):
+    words = ["king", "queen", "man", "woman", "paris", "france", "rome", "italy"]
+    royal, female, capital = np.eye(3)
+    country = {"france": np.array([0, 0, 0.5]), "italy": np.array([0.1, 0.1, 0.5])}
+    vectors = np.array([royal + 0.1, royal + female, [0.1, 0, 0], female + [0.1, 0, 0],
+                        capital + [0, 0.3, 0], capital + country["france"], capital + [0.3, 0, 0],
+                        capital + country["italy"]], dtype=np.float32)
+    path = tmp_path / "questions.txt"
+    path.write_text("// copyright\n: family\nking queen man woman\nman woman King Queen\n"
+                    ": capitals\nParis France Rome Italy\nParis France Berlin Germany\n")
+    questions = models.read_analogies(path)
+    assert len(questions) == 4 and questions[0] == ("king", "queen", "man", "woman")
+    accuracy, correct, asked, total = models.analogy_accuracy(vectors, words, questions)
+    assert (asked, total) == (3, 4)
+    expected = []
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = {w: i for i, w in enumerate(words)}
+    for q in questions[:3]:
+        a, b, c, d = (index[w.lower()] for w in q)
+        scores = unit @ (unit[b] - unit[a] + unit[c])
+        scores[[a, b, c]] = -np.inf
+        expected.append(int(np.argmax(scores)) == d)
+    assert correct == sum(expected) and accuracy == pytest.approx(sum(expected) / 3)
+    path.write_text("king queen man\n")
+    with pytest.raises(ValueError, match="line 1: expected four words"):
+        models.read_analogies(path)
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("word2vec_recipe", RECIPES / "word2vec.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_word2vec_recipe_writes_projector_files_and_model(tmp_path, capsys):
+    analogies = tmp_path / "questions.txt"
+    analogies.write_text(": x\nthe a of and\nzzz the a of\n")
+    assert _recipe().main(["--epochs", "2", "--embedding-dim", "8", "--analogies", str(analogies),
+                           "--probe", "the", "unknownword", "--export-dir", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "the: " in out and "not in the vocabulary (skipped): unknownword" in out
+    assert "of 1 in-vocabulary questions; 2 in the file" in out
+    vectors = (tmp_path / "out" / "word2vec.vectors.tsv").read_text().splitlines()
+    metadata = (tmp_path / "out" / "word2vec.metadata.tsv").read_text().splitlines()
+    assert len(vectors) == len(metadata) > 20 and all(len(line.split("\t")) == 8 for line in vectors)
+    assert len(set(metadata)) == len(metadata)
+    model = keras.models.load_model(tmp_path / "out" / "word2vec.keras")
+    np.testing.assert_allclose(model.get_layer("target_embedding").embeddings.numpy()[0],
+                               [float(x) for x in vectors[0].split("\t")], rtol=1e-5)
+    assert sorted(os.listdir(tmp_path / "out")) == ["word2vec.keras", "word2vec.metadata.tsv", "word2vec.vectors.tsv"]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--window", "0"], "--window must be an integer >= 1"),
+    (["--sample", "2"], "--sample must be a finite number"),
+    (["--data", "/nonexistent.txt"], "corpus file not found"),
+])
+def test_word2vec_recipe_rejects_bad_input_with_one_line(capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        _recipe().main(flags + ["--no-export"])
+    assert message in capsys.readouterr().err + str(exit_info.value.code)
+
+
+def test_word2vec_model_scores_are_dot_products(rng):
+    model = models.word2vec(50, 4)
+    targets = rng.integers(0, 50, size=3).astype("int32")
+    candidates = rng.integers(0, 50, size=(3, 5)).astype("int32")
+    model.get_layer("context_embedding").embeddings.assign(rng.normal(size=(50, 4)).astype("float32"))
+    t = model.get_layer("target_embedding").embeddings.numpy()[targets]
+    c = model.get_layer("context_embedding").embeddings.numpy()[candidates]
+    np.testing.assert_allclose(model([targets, candidates]), np.einsum("bd,bnd->bn", t, c), rtol=1e-5)
+    assert collections.Counter(type(layer).__name__ for layer in model.layers)["Embedding"] == 2
