@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from kerazoo import data, export, models, seq2seq_decoding, text, training
 from kerazoo.layers import MultiHeadCrossAttention, TransformerDecoderBlock
-from tf_only import run_tf_only
+from tf_only import assert_no_xla, run_tf_only
 
 HEADS, D_MODEL, D_CONTEXT = 4, 16, 12
 RECIPES = pathlib.Path(__file__).resolve().parent.parent / "recipes"
@@ -224,6 +224,7 @@ def test_translator_export_agrees_in_a_strict_tf_only_process(tmp_path, reverse_
     strings = ["red green blue", "", "gold " * 500, "très bien 😀 日本語 [START] [END]", "pink"]
     path = export.export_translator(model, source_tokenizer, target_tokenizer, tmp_path, "translator",
                                     max_new_tokens=8, strategy="beam", beam_width=3)
+    assert_no_xla(path)
     ids = source_tokenizer(tf.constant(strings))[:, :8].to_tensor(shape=[None, 8]).numpy()
     expected = seq2seq_decoding.translate(model, ids, 8, start, end, strategy="beam", beam_width=3)
     expected_text = target_tokenizer.detokenize(np.where(expected == end, 0, expected)).numpy()
@@ -248,6 +249,16 @@ def test_translator_export_agrees_in_a_strict_tf_only_process(tmp_path, reverse_
                                   np.where(expected == end, 0, expected))
     assert "rank-0 request: InvalidArgumentError" in result.stdout
     assert path.endswith("/1")
+
+
+def test_rnn_translator_export_needs_no_xla(tmp_path):
+    tokenizer = text.WordPieceTokenizer.learn(["red green blue"], vocab_size=30, reserved_tokens=(text.START, text.END))
+    model = models.rnn_seq2seq(tokenizer.vocabulary_size, tokenizer.vocabulary_size, embedding_dim=4, units=8,
+                               cell="lstm")
+    path = export.export_translator(model, tokenizer, tokenizer, tmp_path, "rnn", max_new_tokens=5)
+    assert_no_xla(path)
+    out = tf.saved_model.load(path).signatures["serving_default"](text=tf.constant(["red", ""]))
+    assert out["token_ids"].shape == (2, 5) and out["translation"].shape == (2,)
 
 
 def test_read_pairs_errors(tmp_path):
