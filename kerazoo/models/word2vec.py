@@ -27,7 +27,7 @@ def word2vec(vocab_size, embedding_dim=100, name="word2vec"):
     Example:
 
     >>> model = word2vec(1000, 16)
-    >>> model([keras.ops.ones((4,), "int32"), keras.ops.ones((4, 6), "int32")]).shape
+    >>> tuple(model([keras.ops.ones((4,), "int32"), keras.ops.ones((4, 6), "int32")]).shape)
     (4, 6)
     """
     for arg, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim)):
