@@ -147,7 +147,11 @@ def main():
             results[system] = kerazoo_system(system, recipe, train, test, args.budget, args)
         results[system]["total_seconds"] = time.perf_counter() - started
         r = results[system]
-        print(f"[{system}] steps {r['steps']}, train {r['train_seconds']:.0f}s, total {r['total_seconds']:.0f}s")
+        scores = {strategy: sacrebleu.corpus_bleu([normalise(h) for h in r[strategy]],
+                                                  [[normalise(t) for t in references]]).score
+                  for strategy in ("greedy", "beam") if strategy in r}
+        print(f"[{system}] steps {r['steps']}, train {r['train_seconds']:.0f}s, total {r['total_seconds']:.0f}s, "
+              f"normalised BLEU {scores}", flush=True)
 
     print(f"\n| system | params | train s | steps | BLEU greedy (normalised) | BLEU beam 4 (normalised) "
           f"| BLEU greedy (cased) | BLEU beam 4 (cased) |")

@@ -52,7 +52,8 @@ def english_lines(shared):
 def run_kerazoo(recipe, args, sentences):
     options = recipe.parse_args(["--min-count", str(args.min_count), "--embedding-dim", str(args.dim),
                                  "--window", str(args.window), "--negatives", str(args.negatives),
-                                 "--epochs", str(args.epochs), "--no-export", "--seed", str(args.seed)])
+                                 "--epochs", str(args.epochs), "--no-export", "--seed", str(args.seed),
+                                 "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate)])
     model, words, seconds = recipe.train(options, sentences)
     return model.get_layer("target_embedding").embeddings.numpy(), words, seconds
 
@@ -77,6 +78,8 @@ def main():
     parser.add_argument("--min-count", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2, help="gensim threads (default: 2)")
+    parser.add_argument("--batch-size", type=int, default=4096, help="kerazoo pairs per step (default: 4096)")
+    parser.add_argument("--learning-rate", type=float, default=0.01, help="kerazoo Adam rate (default: 0.01)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
