@@ -11,8 +11,8 @@ from kerazoo.data.sample_pairs import sample_pairs
 from kerazoo.data.skipgram import (build_vocabulary, encode_words, keep_probabilities, negative_distribution,
                                    skipgram_dataset, skipgram_pairs, tokenize_words)
 
-__all__ = ["build_vocabulary", "DATASETS", "decode_imdb", "encode_pairs", "encode_words", "episodes", "FewShotTask",
-           "held_out_tasks", "keep_probabilities", "LabeledText", "LinearRuleFamily", "lm_dataset", "load_dataset",
-           "load_few_shot_task", "load_labeled_text", "negative_distribution", "pairs_dataset", "prefetched",
-           "read_pairs", "read_text", "sample_corpus", "sample_pairs", "sample_sentiment", "skipgram_dataset",
-           "skipgram_pairs", "split_rules", "split_text", "tokenize_words", "TokenMappingFamily"]
+__all__ = ["DATASETS", "FewShotTask", "LabeledText", "LinearRuleFamily", "TokenMappingFamily", "build_vocabulary",
+           "decode_imdb", "encode_pairs", "encode_words", "episodes", "held_out_tasks", "keep_probabilities",
+           "lm_dataset", "load_dataset", "load_few_shot_task", "load_labeled_text", "negative_distribution",
+           "pairs_dataset", "prefetched", "read_pairs", "read_text", "sample_corpus", "sample_pairs",
+           "sample_sentiment", "skipgram_dataset", "skipgram_pairs", "split_rules", "split_text", "tokenize_words"]
