@@ -175,7 +175,8 @@ def format_results(results, chance=None):
     """A plain-text table of `evaluate`'s results.
 
     Args:
-        results: a list of `ShotAccuracy`, or a dict of name → list (one column group each).
+        results: a list of `ShotAccuracy`, or a dict of name → list (one column group each, all from
+            one `evaluate` call, e.g. its plain and calibrated results).
         chance: the chance accuracy, printed under the table.
 
     Returns:
@@ -194,7 +195,8 @@ def format_results(results, chance=None):
         lines.append("".join(cells))
     if chance is not None:
         lines.append(f"chance: {chance:.3f}")
-    truncated = sum(r.truncated for rows in series.values() for r in rows)
+    # Column groups of one `evaluate` call (plain and calibrated) score the same prompts: count them once.
+    truncated = max(sum(r.truncated for r in rows) for rows in series.values())
     if truncated:
         lines.append(f"{truncated} prompts were cut on the left to fit the context")
     return "\n".join(lines)

@@ -213,3 +213,10 @@ def test_load_few_shot_task(tmp_path):
             few_shot.load_few_shot_task(bad)
     with pytest.raises(FileNotFoundError, match="task file not found"):
         few_shot.load_few_shot_task(tmp_path / "missing.jsonl")
+
+
+def test_format_results_counts_prompts_shared_by_plain_and_calibrated_once():
+    row = icl.ShotAccuracy(shots=1, accuracy=0.5, interval=(0.2, 0.8), trial_accuracies=(0.5,), answered=10,
+                           truncated=3)
+    table = icl.format_results({"plain": [row], "calibrated": [row]}, chance=0.5)
+    assert table.splitlines()[-1] == "3 prompts were cut on the left to fit the context"
