@@ -1,4 +1,4 @@
-"""Fuzzing the classifier and generator exports in the strict TF-only process: no input breaks them."""
+"""Fuzzing the exports (LSTM and BERT classifiers, generator, translator) in the strict TF-only process."""
 
 import keras
 import numpy as np
@@ -64,4 +64,16 @@ def test_translator_export_survives_10000_fuzzed_strings(tmp_path):
                              beam_width=2)
     report = fuzz_export(tmp_path / "translator", "translator", count=10_000, seed=4,
                          vocab_size=target_tokenizer.vocabulary_size, text_key="translation", timeout=1800)
+    assert report["tried"] == 10_000 and report["failures"] == 0, report["first"]
+
+
+@pytest.mark.slow
+def test_bert_classifier_export_survives_10000_fuzzed_strings(tmp_path):
+    keras.utils.set_random_seed(8)
+    tokenizer = text.learn_bert_vocabulary(TEXTS, vocab_size=60)
+    backbone = models.bert_backbone(tokenizer.vocabulary_size, max_length=16, d_model=8, num_heads=2, num_layers=1,
+                                    ff_dim=16)
+    classifier = models.bert_classifier(backbone, num_classes=2)
+    export.export_saved_model(classifier, tmp_path, "bert", preprocessor=text.BertPreprocessor(tokenizer, 16))
+    report = fuzz_export(tmp_path / "bert", "classifier", count=10_000, seed=5)
     assert report["tried"] == 10_000 and report["failures"] == 0, report["first"]
