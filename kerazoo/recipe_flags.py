@@ -69,6 +69,26 @@ def exit_on(*errors):
         raise SystemExit(f"error: {error}") from None
 
 
+def add_export_flags(group, default_name):
+    """Adds `--export-dir` and `--name`, the SavedModel destination every exporting recipe shares.
+
+    Args:
+        group: an `argparse` parser or argument group.
+        default_name: the model name used when `--name` is not given.
+
+    Example:
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> add_export_flags(parser, "sentiment")
+    >>> parser.parse_args([]).name
+    'sentiment'
+    """
+    group.add_argument("--export-dir", default="saved_models", help="(default: saved_models)")
+    group.add_argument("--name", default=default_name,
+                       help=f"model name: exports go to EXPORT_DIR/NAME/<version>/ (default: {default_name})")
+
+
 def add_runtime_flags(parser, precision="auto", jit_compile="auto"):
     """Adds the flags every recipe shares, as a "runtime" group of an `argparse` parser.
 

@@ -86,9 +86,7 @@ def parse_args(argv=None):
                      help="early stopping: epochs without val_loss improvement (default: 1)")
     fit.add_argument("--seed", type=int, default=0, help="(default: 0)")
     out = parser.add_argument_group("output")
-    out.add_argument("--export-dir", default="saved_models", help="(default: saved_models)")
-    out.add_argument("--name", default="bert_classifier",
-                     help="exports go to EXPORT_DIR/NAME/<version>/ (default: bert_classifier)")
+    recipe_flags.add_export_flags(out, "bert_classifier")
     out.add_argument("--report", metavar="FILE", help="also write the metrics and timings as JSON here")
     recipe_flags.add_runtime_flags(parser)
     return recipe_flags.parse_args(parser, argv, check_flags)

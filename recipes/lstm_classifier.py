@@ -70,9 +70,7 @@ def parse_args(argv=None):
                      help="early stopping: epochs without val_loss improvement (default: 2)")
     fit.add_argument("--seed", type=int, default=0, help="(default: 0)")
     out = parser.add_argument_group("output")
-    out.add_argument("--export-dir", default="saved_models", help="(default: saved_models)")
-    out.add_argument("--name", default="lstm_classifier",
-                     help="model name: exports go to EXPORT_DIR/NAME/<version>/ (default: lstm_classifier)")
+    recipe_flags.add_export_flags(out, "lstm_classifier")
     out.add_argument("--quantize", choices=("none", "int8"), default="none",
                      help="export with int8 weights (Keras post-training quantization of the embedding "
                           "and Dense kernels; the LSTM stays float32) (default: none)")

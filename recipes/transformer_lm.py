@@ -67,9 +67,7 @@ def parse_args(argv=None):
     out.add_argument("--serve-new-tokens", type=int,
                      help="tokens the exported generator adds to a prompt (default: half the context, "
                           "at most 64)")
-    out.add_argument("--export-dir", default="saved_models", help="(default: saved_models)")
-    out.add_argument("--name", default="transformer_lm",
-                     help="exports go to EXPORT_DIR/NAME/<version>/ (default: transformer_lm)")
+    recipe_flags.add_export_flags(out, "transformer_lm")
     out.add_argument("--no-export", action="store_true", help="skip saving and exporting")
     recipe_flags.add_runtime_flags(parser)
     return recipe_flags.parse_args(parser, argv, check_flags)

@@ -76,9 +76,7 @@ def parse_args(argv=None):
     evaluation.add_argument("--length-penalty", type=float, default=0.6, help="GNMT alpha (default: 0.6)")
     evaluation.add_argument("--samples", type=int, default=5, help="translations printed (default: 5)")
     out = parser.add_argument_group("output")
-    out.add_argument("--export-dir", default="saved_models", help="(default: saved_models)")
-    out.add_argument("--name", default="translator",
-                     help="exports go to EXPORT_DIR/NAME/<version>/ (default: translator)")
+    recipe_flags.add_export_flags(out, "translator")
     out.add_argument("--no-export", action="store_true", help="skip saving and exporting")
     return recipe_flags.parse_args(parser, argv, check_flags)
 
