@@ -18,6 +18,7 @@ import re
 import sys
 import time
 
+import kerazoo  # noqa: F401 (before TensorFlow: its import notices stay hidden)
 import keras
 import numpy as np
 import sacrebleu
@@ -60,12 +61,6 @@ def parse_args(argv=None):
     fit.add_argument("--learning-rate", type=float, default=1e-3, help="peak rate (default: 1e-3)")
     fit.add_argument("--warmup-steps", type=int, default=50, help="(default: 50)")
     fit.add_argument("--weight-decay", type=float, default=0.01, help="(default: 0.01)")
-    # Not the auto plan: on a 2-core CPU its bfloat16 + element-wise auto-clustering ran these models
-    # at 3-7 s per step for two epochs, float32 with XLA at 0.06-0.16 s (same machine, same run).
-    fit.add_argument("--precision", choices=("auto",) + training.PRECISIONS, default="float32",
-                     help="auto: whatever training.select_plan() finds fastest here (default: float32)")
-    fit.add_argument("--jit-compile", choices=("auto", "on", "off"), default="on",
-                     help="XLA for the train step (default: on)")
     fit.add_argument("--seed", type=int, default=0, help="split, shuffling and initialisation (default: 0)")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--bleu-split", choices=("validation", "test"), default="validation",
@@ -78,6 +73,7 @@ def parse_args(argv=None):
     out = parser.add_argument_group("output")
     recipe_flags.add_export_flags(out, "translator")
     out.add_argument("--no-export", action="store_true", help="skip saving and exporting")
+    recipe_flags.add_runtime_flags(parser)
     return recipe_flags.parse_args(parser, argv, check_flags)
 
 
@@ -139,6 +135,11 @@ def tidy(sentence):
 
 def main(argv=None):
     args = parse_args(argv)
+    with training.quiet_logs(args):
+        return run(args)
+
+
+def run(args):
     keras.utils.set_random_seed(args.seed)
     with recipe_flags.exit_on(ValueError, FileNotFoundError):
         sources, targets = (data.read_pairs(args.data, args.source_column, args.target_column) if args.data
@@ -161,10 +162,11 @@ def main(argv=None):
     print(f"WordPiece: source {source_tokenizer.vocabulary_size:,} / target {target_tokenizer.vocabulary_size:,} "
           f"tokens ({time.perf_counter() - started:.0f}s)")
 
-    jit = {"on": True, "off": False, "auto": "auto"}[args.jit_compile]
-    plan = training.select_plan(args.precision, jit_compile=jit)
-    print(f"plan: {plan.reason}")
-    with plan.policy_scope():
+    train_ds = data.pairs_dataset(train_ids, args.batch_size, seed=args.seed)
+    val_ds = data.pairs_dataset(val_ids, 256, shuffle=False)
+    steps = args.epochs * -(-len(train) // args.batch_size)
+
+    def build(plan):
         if args.model == "transformer":
             model = models.transformer_seq2seq(
                 source_tokenizer.vocabulary_size, target_tokenizer.vocabulary_size, args.max_length,
@@ -172,25 +174,26 @@ def main(argv=None):
         else:
             model = models.rnn_seq2seq(source_tokenizer.vocabulary_size, target_tokenizer.vocabulary_size,
                                        args.embedding_dim, args.units, args.cell, args.dropout)
-    steps = args.epochs * -(-len(train) // args.batch_size)
-    schedule = training.warmup_cosine(args.learning_rate, min(args.warmup_steps, steps - 1), steps,
-                                      args.learning_rate / 10)
-    training.compile_model(model, plan, optimizer=training.adamw(schedule, weight_decay=args.weight_decay,
-                                                                 global_clipnorm=1.0),
-                           weighted_metrics=["sparse_categorical_accuracy"])
+        schedule = training.warmup_cosine(args.learning_rate, min(args.warmup_steps, steps - 1), steps,
+                                          args.learning_rate / 10)
+        optimizer = training.adamw(schedule, weight_decay=args.weight_decay, global_clipnorm=1.0)
+        return training.compile_model(model, plan, optimizer=optimizer,
+                                      weighted_metrics=["sparse_categorical_accuracy"])
+
+    plan, model = training.plan_from_flags(args, build, train_ds.take(1).get_single_element())
     print(f"model: {args.model}, {model.count_params():,} parameters")
 
     guard = nonfinite.NonFiniteGuard()
-    callbacks = [guard]
-    if args.time_budget:
-        callbacks.append(training.TimeBudget(args.time_budget))
+    callbacks = [guard] + ([training.TimeBudget(args.time_budget)] if args.time_budget else [])
     started = time.perf_counter()
-    model.fit(data.pairs_dataset(train_ids, args.batch_size, seed=args.seed), epochs=args.epochs,
-              validation_data=data.pairs_dataset(val_ids, 256, shuffle=False), callbacks=callbacks, verbose=2)
-    train_seconds = time.perf_counter() - started
-    with recipe_flags.exit_on(FloatingPointError):
-        guard.check(model)
-    val_loss, val_accuracy = model.evaluate(data.pairs_dataset(val_ids, 256, shuffle=False), verbose=0)
+    with plan.scope():
+        model.fit(train_ds, epochs=args.epochs, validation_data=val_ds,
+                  callbacks=[*callbacks, *training.runtime_callbacks(args, plan)],
+                  verbose=recipe_flags.fit_verbosity(args), shuffle=False)  # the dataset shuffles
+        train_seconds = time.perf_counter() - started
+        with recipe_flags.exit_on(FloatingPointError):
+            guard.check(model)
+        val_loss, val_accuracy = model.evaluate(val_ds, verbose=0)
     print(f"done: {train_seconds:.0f}s of training; validation loss {val_loss:.4f}, "
           f"token accuracy {val_accuracy:.4f}")
 

@@ -17,6 +17,7 @@ import os
 import sys
 import time
 
+import kerazoo  # noqa: F401 (before TensorFlow: its import notices stay hidden)
 import keras
 import numpy as np
 
@@ -52,9 +53,9 @@ def parse_args(argv=None):
     out.add_argument("--probe", nargs="+", help="words whose nearest neighbours are printed "
                                                 "(default: some frequent words)")
     out.add_argument("--neighbours", type=int, default=8, help="(default: 8)")
-    out.add_argument("--export-dir", default="saved_models", help="(default: saved_models)")
-    out.add_argument("--name", default="word2vec", help="output files EXPORT_DIR/NAME.* (default: word2vec)")
+    recipe_flags.add_export_flags(out, "word2vec")
     out.add_argument("--no-export", action="store_true", help="write nothing")
+    recipe_flags.add_runtime_flags(parser)
     return recipe_flags.parse_args(parser, argv, check_flags)
 
 
@@ -87,7 +88,6 @@ def train(args, sentences):
     ids, sentence_of = data.encode_words(sentences, words)
     print(f"vocabulary: {len(words):,} words (min count {args.min_count}); {ids.size:,} tokens in "
           f"{len(sentences):,} sentences")
-    model = models.word2vec(len(words), args.embedding_dim)
     dataset = data.skipgram_dataset(ids, sentence_of, counts, args.window, args.negatives, args.sample,
                                     args.batch_size, args.seed)
     # Steps per epoch vary with the random windows; the expected count sizes the linear decay.
@@ -96,12 +96,18 @@ def train(args, sentences):
     total_steps = max(2, int(args.epochs * expected_pairs / args.batch_size))
     schedule = keras.optimizers.schedules.PolynomialDecay(args.learning_rate, total_steps,
                                                           args.learning_rate * 1e-3)
-    plan = training.select_plan("float32", jit_compile=True)
-    training.compile_model(model, plan, optimizer=keras.optimizers.Adam(schedule),
-                           loss=keras.losses.BinaryCrossentropy(from_logits=True))
+
+    def build(plan):
+        model = models.word2vec(len(words), args.embedding_dim)
+        return training.compile_model(model, plan, optimizer=keras.optimizers.Adam(schedule),
+                                      loss=keras.losses.BinaryCrossentropy(from_logits=True))
+
+    plan, model = training.plan_from_flags(args, build, dataset.take(1).get_single_element())
     guard = nonfinite.NonFiniteGuard()
     started = time.perf_counter()
-    model.fit(dataset, epochs=args.epochs, callbacks=[guard], verbose=2)
+    with plan.scope():
+        model.fit(dataset, epochs=args.epochs, callbacks=[guard, *training.runtime_callbacks(args, plan)],
+                  verbose=recipe_flags.fit_verbosity(args), shuffle=False)  # the dataset shuffles
     seconds = time.perf_counter() - started
     with recipe_flags.exit_on(FloatingPointError):
         guard.check(model)
@@ -115,6 +121,11 @@ def default_probes(words):
 
 def main(argv=None):
     args = parse_args(argv)
+    with training.quiet_logs(args):
+        return run(args)
+
+
+def run(args):
     keras.utils.set_random_seed(args.seed)
     with recipe_flags.exit_on(ValueError, FileNotFoundError):
         corpus = data.read_text(args.data) if args.data else data.sample_corpus()

@@ -5,6 +5,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from kerazoo.data.corpus import prefetched
+
 
 def read_pairs(path, source_column=0, target_column=1, encoding="utf-8"):
     """Reads (source, target) sentence pairs from a tab-separated file without a header.
@@ -112,4 +114,4 @@ def pairs_dataset(encoded, batch_size, shuffle=True, seed=0):
         ((encoded["source_ids"], encoded["target_ids"]), labels, (labels != 0).astype(np.float32)))
     if shuffle:
         data = data.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return prefetched(data.batch(batch_size))

@@ -15,6 +15,8 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from kerazoo.data.corpus import prefetched
+
 _WORD = re.compile(r"[\w']+")
 
 
@@ -166,4 +168,4 @@ def skipgram_dataset(ids, sentence_of, counts, window=5, num_negatives=5, sample
 
     signature = ((tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 1 + num_negatives], tf.int32)),
                  tf.TensorSpec([None, 1 + num_negatives], tf.float32))
-    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(4)
+    return prefetched(tf.data.Dataset.from_generator(batches, output_signature=signature), 4)
