@@ -150,7 +150,7 @@ def _add_attention_parser(commands):
     attention = commands.add_parser(
         "attention", help="draw a model's attention for a text as a heat map",
         description="Attention probabilities of one layer of a .keras model built from MultiHeadSelfAttention "
-                    "(e.g. a transformer_lm) for a text: a labelled heat-map PNG, and where each head's last "
+                    "(a transformer_lm, or a BERT backbone/classifier from bert_pretrain/bert_finetune) for a text: a labelled heat-map PNG, and where each head's last "
                     "position attends most.")
     attention.add_argument("model", help="a .keras model")
     attention.add_argument("vocabulary", help="its tokenizer's vocabulary file (save_vocabulary)")
@@ -159,6 +159,8 @@ def _add_attention_parser(commands):
                                                                  "(default: 0)")
     attention.add_argument("--head", type=int, help="one head (default: all)")
     attention.add_argument("--output", default="attention.png", help="the PNG (default: attention.png)")
+    attention.add_argument("--keep-case", action="store_true",
+                           help="BERT models: do not lower-case the text (as bert_pretrain --keep-case)")
 
 
 def _attention(args):
@@ -169,8 +171,11 @@ def _attention(args):
     if not os.path.isfile(args.model):
         raise FileNotFoundError(f"model file not found: {args.model!r}")
     tokenizer = text.load_tokenizer(args.vocabulary)
-    maps = visualize.attention_maps(keras.models.load_model(args.model), tokenizer, args.text, args.layer,
-                                    args.head, path=args.output)
+    model = keras.models.load_model(args.model)
+    if isinstance(model.input, dict):  # a BERT backbone, classifier or pretrainer: pack as it was trained
+        max_length = model.get_layer("embedding").max_length
+        tokenizer = text.BertPreprocessor(tokenizer, max_length, lower_case=not args.keep_case)
+    maps = visualize.attention_maps(model, tokenizer, args.text, args.layer, args.head, path=args.output)
     heads = [maps.scores] if maps.head is not None else list(maps.scores)
     print(f"layer {maps.layer}: {len(maps.tokens)} tokens; heat map written to {args.output}")
     for head, scores in zip([maps.head] if maps.head is not None else range(len(heads)), heads):

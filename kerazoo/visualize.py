@@ -63,8 +63,12 @@ def attention_maps(model, tokenizer, text, layer=0, head=None, path=None):
 
     Args:
         model: a functional model with `MultiHeadSelfAttention` layers (see
-            `attention_layers`) and one token-id input.
-        tokenizer: a `kerazoo.text` tokenizer.
+            `attention_layers`): one token-id input (a `transformer_lm`), or
+            the dict inputs of `models.bert_backbone` (a BERT backbone,
+            classifier or pretrainer).
+        tokenizer: a `kerazoo.text` tokenizer for a token-id input; a
+            `text.BertPreprocessor` for BERT inputs (its `[CLS]`/`[SEP]` are
+            shown, its padding is cut off).
         text: the input text.
         layer: index among the attention layers (negative counts from the end).
         head: one head, or None for all.
@@ -85,24 +89,19 @@ def attention_maps(model, tokenizer, text, layer=0, head=None, path=None):
                          "TransformerBlocks) among its layers.")
     if not isinstance(layer, int) or not -len(layers) <= layer < len(layers):
         raise ValueError(f"`layer` must be an integer in [{-len(layers)}, {len(layers)}); received {layer!r}.")
-    if len(model.inputs) != 1:
-        raise ValueError(f"model {model.name!r} has {len(model.inputs)} inputs; attention_maps needs a model "
-                         "with one token-id input.")
     layer = layer % len(layers)
     attention, outer = layers[layer]
-    ids = tokenizer(tf.constant([text])).to_tensor()
-    if ids.shape[1] == 0:
-        raise ValueError("`text` has no tokens.")
-    x = _input_of(model, outer)(ids, training=False)
+    inputs, ids, padding_mask, token_tokenizer = _encode(model, tokenizer, text)
+    x = _input_of(model, outer, inputs)(inputs, training=False)
     if outer is not attention and outer.norm_first:
         x = outer.attention_norm(x)
-    _, scores = attention(x, return_attention_scores=True, training=False)
+    _, scores = attention(x, padding_mask=padding_mask, return_attention_scores=True, training=False)
     scores = tf.cast(scores, tf.float32).numpy()[0]
     if head is not None:
         if not isinstance(head, int) or not 0 <= head < scores.shape[0]:
             raise ValueError(f"`head` must be an integer in [0, {scores.shape[0]}); received {head!r}.")
         scores = scores[head]
-    tokens = [_token_text(tokenizer, i) for i in ids.numpy()[0]]
+    tokens = [_token_text(token_tokenizer, i) for i in ids.numpy()[0]]
     maps = AttentionMap(scores, tokens, layer, head)
     if path is not None:
         _draw_attention(maps, path)
@@ -184,8 +183,36 @@ def _save(figure, path):
             os.remove(tmp)
 
 
-def _input_of(model, layer):
-    return keras.Model(model.inputs, layer.input)
+def _encode(model, tokenizer, text):
+    """`(model inputs, token ids, padding mask, tokenizer of single ids)` for one text, padding cut off."""
+    takes_dict = isinstance(model.input, dict)
+    encoded = tokenizer(tf.constant([text]))
+    if takes_dict != isinstance(encoded, dict):
+        wanted = "a BertPreprocessor (dict inputs)" if takes_dict else "a tokenizer of token ids"
+        raise ValueError(f"model {model.name!r} takes {sorted(model.input) if takes_dict else 'one token-id input'}; "
+                         f"`tokenizer` must be {wanted}, received {type(tokenizer).__name__}.")
+    if takes_dict:
+        length = int(tf.reduce_sum(encoded["padding_mask"][0]))
+        inputs = {key: value[:, :length] for key, value in encoded.items() if key in model.input}
+        ids, padding_mask, tokenizer = inputs["token_ids"], inputs.get("padding_mask"), tokenizer.tokenizer
+    else:
+        ids = inputs = encoded.to_tensor()
+        padding_mask = None
+    if ids.shape[1] == 0:
+        raise ValueError("`text` has no tokens.")
+    return inputs, ids, padding_mask, tokenizer
+
+
+def _input_of(model, layer, inputs):
+    """The sub-model from the inputs given (a subset, for a pretrainer's extra inputs) to `layer`'s input.
+
+    A block called as `block(x, padding_mask=mask)` lists both tensors as its
+    input; the hidden states `x` come first.
+    """
+    hidden = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input
+    if isinstance(inputs, dict):
+        return keras.Model({key: model.input[key] for key in inputs}, hidden)
+    return keras.Model(model.input, hidden)
 
 
 def _token_text(tokenizer, token_id):
