@@ -163,15 +163,19 @@ def run(args):
                                       preprocessor, args.max_predictions, args.batch_size, shuffle=False,
                                       repeat=False)
 
-    plan, _ = training.plan_from_flags(args)
-    with plan.scope():
+    backbones = {}  # pretrainer -> its backbone, for each plan choose_plan builds
+
+    def build(plan):
         backbone = models.bert_backbone(tokenizer.vocabulary_size, args.max_length, args.d_model,
                                         args.num_heads, args.num_layers, args.ff_dim, args.dropout)
         pretrainer = models.bert_pretrainer(backbone)
-    schedule = training.WarmupLinear(args.learning_rate, args.warmup_steps, args.max_steps)
-    training.compile_model(pretrainer, plan, optimizer=training.adamw(schedule, weight_decay=args.weight_decay,
-                                                                      global_clipnorm=1.0),
-                           **models.pretraining_compile_args())
+        backbones[pretrainer] = backbone
+        schedule = training.WarmupLinear(args.learning_rate, args.warmup_steps, args.max_steps)
+        optimizer = training.adamw(schedule, weight_decay=args.weight_decay, global_clipnorm=1.0)
+        return training.compile_model(pretrainer, plan, optimizer=optimizer, **models.pretraining_compile_args())
+
+    plan, pretrainer = training.plan_from_flags(args, build, train_ds.take(1).get_single_element())
+    backbone = backbones[pretrainer]
     print(f"backbone: {backbone.count_params():,d} parameters; pretrainer: {pretrainer.count_params():,d}")
 
     progress, guard = Progress(args.log_every, args.batch_size * args.max_length, args.time_limit), \
