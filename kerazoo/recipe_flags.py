@@ -89,6 +89,34 @@ def add_export_flags(group, default_name):
                        help=f"model name: exports go to EXPORT_DIR/NAME/<version>/ (default: {default_name})")
 
 
+def add_quantize_flag(group, stays_float):
+    """Adds `--quantize none|int8`, the export's post-training weight quantization (`export_saved_model`).
+
+    Read it back with `quantize_mode(args)`.
+
+    Args:
+        group: an `argparse` parser or argument group.
+        stays_float: what Keras does not quantize in this model, for the help
+            text (e.g. "the LSTM").
+
+    Example:
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser()
+    >>> add_quantize_flag(parser, "the LSTM")
+    >>> quantize_mode(parser.parse_args(["--quantize", "int8"]))
+    'int8'
+    """
+    group.add_argument("--quantize", choices=("none", "int8"), default="none",
+                       help="export with int8 weights (Keras post-training quantization of the Embedding, "
+                            f"Dense and EinsumDense kernels; {stays_float} stay float32) (default: none)")
+
+
+def quantize_mode(args):
+    """The `quantize` argument of `export.export_saved_model` for `--quantize`: None or "int8"."""
+    return None if args.quantize == "none" else args.quantize
+
+
 def add_runtime_flags(parser, precision="auto", jit_compile="auto"):
     """Adds the flags every recipe shares, as a "runtime" group of an `argparse` parser.
 

@@ -87,6 +87,7 @@ def parse_args(argv=None):
     fit.add_argument("--seed", type=int, default=0, help="(default: 0)")
     out = parser.add_argument_group("output")
     recipe_flags.add_export_flags(out, "bert_classifier")
+    recipe_flags.add_quantize_flag(out, "layer norms and biases")
     out.add_argument("--report", metavar="FILE", help="also write the metrics and timings as JSON here")
     recipe_flags.add_runtime_flags(parser)
     return recipe_flags.parse_args(parser, argv, check_flags)
@@ -223,8 +224,10 @@ def run(args):
     keras_path = args.outputs[".keras"]
     training.save_keras_atomically(text_model, keras_path)
     print(f"saved {keras_path}")
-    version_path = export.export_saved_model(model, args.export_dir, args.name, preprocessor=preprocessor)
-    print(f"exported {version_path}")
+    quantize = recipe_flags.quantize_mode(args)
+    version_path = export.export_saved_model(model, args.export_dir, args.name, preprocessor=preprocessor,
+                                             quantize=quantize)
+    print(f"exported {version_path}" + (f" ({quantize} weights)" if quantize else ""))
     serving = tf.saved_model.load(version_path).signatures["serving_default"]
     outputs = serving(text=tf.constant(EXAMPLES))
     print("predictions of the exported SavedModel (serving_default):")

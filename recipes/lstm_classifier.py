@@ -71,9 +71,7 @@ def parse_args(argv=None):
     fit.add_argument("--seed", type=int, default=0, help="(default: 0)")
     out = parser.add_argument_group("output")
     recipe_flags.add_export_flags(out, "lstm_classifier")
-    out.add_argument("--quantize", choices=("none", "int8"), default="none",
-                     help="export with int8 weights (Keras post-training quantization of the embedding "
-                          "and Dense kernels; the LSTM stays float32) (default: none)")
+    recipe_flags.add_quantize_flag(out, "the LSTM and the biases")
     # --jit-compile auto: XLA on a CPU, off on a GPU, where the cuDNN LSTM kernel cannot be XLA-compiled.
     recipe_flags.add_runtime_flags(parser, precision="float32")
     return recipe_flags.parse_args(parser, argv, check_flags)
@@ -198,7 +196,7 @@ def run(args):
     keras_path = args.outputs[".keras"]
     training.save_keras_atomically(text_model, keras_path)
     print(f"saved {keras_path}")
-    quantize = None if args.quantize == "none" else args.quantize
+    quantize = recipe_flags.quantize_mode(args)
     version_path = export.export_saved_model(model, args.export_dir, args.name, preprocessor=vectorizer,
                                              quantize=quantize)
     print(f"exported {version_path}" + (f" ({quantize} weights)" if quantize else ""))

@@ -292,3 +292,32 @@ def test_int8_export_serves_and_agrees_with_the_float_model(tmp_path, classifier
     assert agreement >= 0.98
     with pytest.raises(ValueError, match="'int8'; received 'int4'"):
         export.export_saved_model(model, tmp_path, "int4", preprocessor=vectorizer, quantize="int4")
+
+
+def test_int8_export_of_a_bert_classifier_quantizes_every_dense_and_embedding_and_serves(tmp_path):
+    keras.utils.set_random_seed(3)
+    texts = ["a good film", "a bad plot", "the film was dull", "a delight", "not good", "bad bad film"]
+    preprocessor = text.BertPreprocessor(text.learn_bert_vocabulary(texts, vocab_size=60), max_length=16)
+    backbone = models.bert_backbone(preprocessor.tokenizer.vocabulary_size, max_length=16, d_model=16,
+                                    num_heads=2, num_layers=1, ff_dim=32)
+    model = models.bert_classifier(backbone)
+    head = model.get_layer("classifier")
+    head.kernel.assign(np.random.default_rng(0).normal(0, 1, head.kernel.shape))  # not the uniform start
+    path = export.export_saved_model(model, tmp_path, "bert", preprocessor=preprocessor, quantize="int8")
+    assert_no_xla(path)
+    quantizable = {tuple(getattr(layer, "embeddings", getattr(layer, "kernel", None)).shape)
+                   for layer in model._flatten_layers()
+                   if type(layer) in (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)}
+    stored = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    shapes = stored.get_variable_to_shape_map()
+    int8 = {tuple(shapes[name]) for name, dtype in stored.get_variable_to_dtype_map().items() if dtype == tf.int8}
+    assert int8 == quantizable and (16, 48) in int8  # the fused QKV kernel among them
+    sample = texts + [" ".join(reversed(t.split())) for t in texts] + ["", "film film film"]
+    expected = np.asarray(model(preprocessor(tf.constant(sample)))).argmax(-1)
+    result = run_tf_only(f"""
+        import json
+        serving = tf.saved_model.load({path!r}).signatures["serving_default"]
+        print(json.dumps(serving(text=tf.constant({sample!r}))["label"].numpy().tolist()))
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert np.mean(np.array(json.loads(result.stdout.splitlines()[-1])) == expected) >= 0.98
