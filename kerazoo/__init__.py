@@ -12,4 +12,4 @@ from kerazoo.native_logs import quiet_native_logs  # noqa: E402
 with quiet_native_logs(enabled="tensorflow" not in sys.modules and "TF_CPP_MIN_LOG_LEVEL" not in os.environ):
     import tensorflow  # noqa: E402,F401
 
-from kerazoo import data, export, generation, icl, layers, models, text, training, visualize  # noqa: E402,F401
+from kerazoo import data, export, finetune, generation, icl, layers, models, text, training, visualize  # noqa: E402,F401

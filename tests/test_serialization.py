@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from kerazoo.layers import (MultiHeadSelfAttention, PositionalEncoding, PositionEmbedding,
-                            TokenAndPositionEmbedding, TransformerBlock)
+from kerazoo.layers import (BottleneckAdapter, MultiHeadSelfAttention, PositionalEncoding, PositionEmbedding,
+                            SoftPrompt, TokenAndPositionEmbedding, TransformerBlock)
 
 LAYERS = [
     (MultiHeadSelfAttention(2, key_dim=3, dropout=0.1, causal=True, use_bias=False), (2, 5, 8), "float"),
@@ -18,6 +18,9 @@ LAYERS = [
     (TokenAndPositionEmbedding(11, 9, 8, positions="sinusoidal", mask_zero=True), (2, 5), "int"),
     (TransformerBlock(2, 16, dropout=0.2, causal=True, norm_first=False, activation="relu",
                       layer_norm_epsilon=1e-3), (2, 5, 8), "float"),
+    (TransformerBlock(2, 16, adapter_dim=3), (2, 5, 8), "float"),
+    (BottleneckAdapter(3, activation="relu"), (2, 5, 8), "float"),
+    (SoftPrompt(2, insert_at=1, initializer="ones"), (2, 5, 8), "float"),
 ]
 
 

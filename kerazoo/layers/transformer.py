@@ -3,6 +3,7 @@
 import keras
 
 from kerazoo.layers._validation import check_rank
+from kerazoo.layers.adapter import BottleneckAdapter
 from kerazoo.layers.attention import MultiHeadCrossAttention, MultiHeadSelfAttention
 
 
@@ -24,6 +25,9 @@ class TransformerBlock(keras.layers.Layer):
         activation: feed-forward activation (any Keras activation name).
         layer_norm_epsilon: epsilon of both layer norms.
         kernel_initializer: initializer of every kernel in the block.
+        adapter_dim: if set, a `BottleneckAdapter` of this width follows the
+            attention and the feed-forward output (inside each residual
+            branch, Houlsby et al.); `add_adapters` adds them to a built block.
         **kwargs: base `Layer` arguments.
 
     Call arguments:
@@ -46,7 +50,7 @@ class TransformerBlock(keras.layers.Layer):
 
     def __init__(self, num_heads, ff_dim, dropout=0.0, causal=False, norm_first=True,
                  activation="gelu", layer_norm_epsilon=1e-5,
-                 kernel_initializer="glorot_uniform", **kwargs):
+                 kernel_initializer="glorot_uniform", adapter_dim=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(ff_dim, int) or ff_dim < 1:
             raise ValueError(f"`ff_dim` must be a positive integer; received ff_dim={ff_dim!r}.")
@@ -58,6 +62,7 @@ class TransformerBlock(keras.layers.Layer):
         self.activation = keras.activations.get(activation)
         self.layer_norm_epsilon = layer_norm_epsilon
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.adapter_dim = adapter_dim
         self.supports_masking = True
         # Sub-layers are created here so that argument errors (num_heads,
         # dropout) surface at construction; weights are still made in build().
@@ -84,6 +89,36 @@ class TransformerBlock(keras.layers.Layer):
             d_model, kernel_initializer=self.kernel_initializer, dtype=policy, name="ff_output")
         self.ff_output.build(tuple(input_shape[:-1]) + (self.ff_dim,))
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=policy)
+        if self.adapter_dim:
+            self._build_adapters()
+
+    def add_adapters(self, adapter_dim):
+        """Adds bottleneck adapters after the attention and the feed-forward output of a built block.
+
+        They start as the identity, so the block's outputs do not change.
+
+        Args:
+            adapter_dim: bottleneck width.
+        """
+        if self.adapter_dim:
+            raise ValueError(f"{self.name} already has adapters (adapter_dim={self.adapter_dim}).")
+        if not self.built:
+            raise ValueError(f"{self.name}: build the block before adding adapters, or pass adapter_dim.")
+        self.adapter_dim = adapter_dim
+        self._tracker.unlock()
+        self._build_adapters()
+        self._tracker.lock()
+
+    def _build_adapters(self):
+        d_model = self.attention_norm.gamma.shape[0]
+        with self._open_name_scope():  # weight paths "block_0/attention_adapter/...", also when added later
+            for name in ("attention_adapter", "ff_adapter"):
+                adapter = BottleneckAdapter(self.adapter_dim, dtype=self.dtype_policy, name=name)
+                adapter.build((None, None, d_model))
+                setattr(self, name, adapter)
+
+    def _adapted(self, adapter_name, x):
+        return getattr(self, adapter_name)(x) if self.adapter_dim else x
 
     def call(self, inputs, padding_mask=None, training=None, mask=None, cache=None, cache_index=None):
         if padding_mask is None:
@@ -96,7 +131,7 @@ class TransformerBlock(keras.layers.Layer):
             if cache is not None:
                 out, updated = out
                 new_cache.append(updated)
-            return self.dropout_layer(out, training=training)
+            return self.dropout_layer(self._adapted("attention_adapter", out), training=training)
 
         x = self._residual(inputs, attend, self.attention_norm)
         x = self._residual(x, lambda h: self._feed_forward(h, training), self.ff_norm)
@@ -109,7 +144,7 @@ class TransformerBlock(keras.layers.Layer):
         return norm(x + sublayer(x))
 
     def _feed_forward(self, x, training):
-        return self.dropout_layer(self.ff_output(self.ff_inner(x)), training=training)
+        return self.dropout_layer(self._adapted("ff_adapter", self.ff_output(self.ff_inner(x))), training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -128,6 +163,7 @@ class TransformerBlock(keras.layers.Layer):
             activation=keras.activations.serialize(self.activation),
             layer_norm_epsilon=self.layer_norm_epsilon,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            adapter_dim=self.adapter_dim,
         )
         return config
 
@@ -152,6 +188,7 @@ class TransformerDecoderBlock(TransformerBlock):
         activation: feed-forward activation.
         layer_norm_epsilon: epsilon of the layer norms.
         kernel_initializer: initializer of every kernel in the block.
+        adapter_dim: bottleneck adapters, as `TransformerBlock` (after self-attention and feed-forward).
         **kwargs: base `Layer` arguments.
 
     Call arguments:
@@ -176,10 +213,10 @@ class TransformerDecoderBlock(TransformerBlock):
     """
 
     def __init__(self, num_heads, ff_dim, dropout=0.0, norm_first=True, activation="gelu",
-                 layer_norm_epsilon=1e-5, kernel_initializer="glorot_uniform", **kwargs):
+                 layer_norm_epsilon=1e-5, kernel_initializer="glorot_uniform", adapter_dim=None, **kwargs):
         super().__init__(num_heads, ff_dim, dropout=dropout, causal=True, norm_first=norm_first,
                          activation=activation, layer_norm_epsilon=layer_norm_epsilon,
-                         kernel_initializer=kernel_initializer, **kwargs)
+                         kernel_initializer=kernel_initializer, adapter_dim=adapter_dim, **kwargs)
         self.cross_attention = MultiHeadCrossAttention(
             num_heads, dropout=dropout, kernel_initializer=self.kernel_initializer,
             dtype=self.dtype_policy, name="cross_attention")
@@ -202,7 +239,7 @@ class TransformerDecoderBlock(TransformerBlock):
             if cache is not None:
                 out, updated = out
                 new_cache.append(updated)
-            return self.dropout_layer(out, training=training)
+            return self.dropout_layer(self._adapted("attention_adapter", out), training=training)
 
         def attend_context(x):
             out = self.cross_attention(x, context, context_mask=context_mask, training=training,
