@@ -1,4 +1,4 @@
-"""Classification metrics from predicted and true labels: accuracy, precision, recall, F1, confusion matrix."""
+"""Classification metrics from predicted and true labels (accuracy, precision, recall, F1, confusion matrix); typo test sets."""
 
 import dataclasses
 
@@ -70,3 +70,43 @@ def classification_report(labels, predictions, label_names=None):
     pick = (lambda v: float(v[1])) if num_classes == 2 else (lambda v: float(v.mean()))
     return ClassificationReport(float(true_positive.sum() / labels.size), pick(precision), pick(recall),
                                 pick(f1), confusion, label_names)
+
+
+def add_typos(texts, word_fraction=0.1, seed=0):
+    """Copies of `texts` with one random character typo in a fraction of the words: a robustness test set.
+
+    Each word of two or more letters is picked with probability
+    `word_fraction` and gets one edit, chosen uniformly: delete a character,
+    swap two adjacent characters, replace one with a random lower-case
+    letter, or insert one. Whitespace is normalised to single spaces. The
+    result depends only on `texts`, `word_fraction` and `seed`.
+
+    Args:
+        texts: a list of strings.
+        word_fraction: probability that a word gets a typo.
+        seed: seed of the random choices.
+
+    Returns:
+        A list of strings.
+
+    Example:
+
+    >>> add_typos(["the film was good"], word_fraction=1.0, seed=0) != ["the film was good"]
+    True
+    """
+    if not 0 <= word_fraction <= 1:
+        raise ValueError(f"`word_fraction` must be in [0, 1]; received word_fraction={word_fraction!r}.")
+    rng = np.random.default_rng(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    out = []
+    for text in texts:
+        words = text.split()
+        for i, word in enumerate(words):
+            if len(word) < 2 or rng.random() >= word_fraction:
+                continue
+            edit, at = rng.integers(4), int(rng.integers(len(word) - 1))
+            letter = letters[rng.integers(26)]
+            words[i] = (word[:at] + word[at + 1:], word[:at] + word[at + 1] + word[at] + word[at + 2:],
+                        word[:at] + letter + word[at + 1:], word[:at] + letter + word[at:])[edit]
+        out.append(" ".join(words))
+    return out

@@ -1,4 +1,4 @@
-"""Pictures: attention maps of any model built from MultiHeadSelfAttention, and accuracy-vs-shots curves.
+"""Pictures: attention maps of any model built from MultiHeadSelfAttention, accuracy-vs-shots curves, bar charts.
 
 matplotlib is imported only inside the functions that draw (`pip install
 kerazoo[plots]`), so `import kerazoo` stays light.
@@ -142,6 +142,41 @@ def plot_accuracy_vs_shots(series, path, chance=None, title="In-context learning
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")
+    _save(figure, path)
+    return path
+
+
+def bar_chart(categories, panels, path, title=None, log_panels=()):
+    """Writes a PNG of grouped bars: one panel per quantity, one bar group per category.
+
+    Args:
+        categories: names along the x axis (e.g. fine-tuning methods).
+        panels: a dict of y-axis label → a dict of series name → one value per category.
+        path: the PNG to write.
+        title: the figure title.
+        log_panels: y-axis labels of the panels drawn on a log scale.
+
+    Returns:
+        `path`.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(max(6.0, 0.8 * len(categories) + 2), 3.2 * len(panels)), dpi=120,
+                    layout="constrained")
+    x = np.arange(len(categories))
+    for axes, (ylabel, series) in zip(np.atleast_1d(figure.subplots(len(panels), 1, sharex=True)), panels.items()):
+        width = 0.8 / len(series)
+        for i, (name, values) in enumerate(series.items()):
+            axes.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+        if ylabel in log_panels:
+            axes.set_yscale("log")
+        axes.set_ylabel(ylabel)
+        axes.grid(axis="y", alpha=0.3)
+        if len(series) > 1:
+            axes.legend(fontsize=8)
+        axes.set_xticks(x, categories, rotation=30, ha="right")
+    if title:
+        figure.suptitle(title)
     _save(figure, path)
     return path
 

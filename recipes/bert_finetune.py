@@ -42,33 +42,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
-    start = parser.add_argument_group("starting point").add_mutually_exclusive_group()
-    start.add_argument("--pretrained", metavar="DIR", default="saved_models/bert_pretrained",
-                       help="output of bert_pretrain.py (default: saved_models/bert_pretrained)")
-    start.add_argument("--from-scratch", action="store_true",
-                       help="a randomly initialised encoder of the size given below")
-    scratch = parser.add_argument_group("from scratch")
-    scratch.add_argument("--vocabulary", metavar="FILE",
-                         help="vocabulary.json to use (default: learn one from the training texts)")
-    scratch.add_argument("--vocab-size", type=int, default=8192, help="when learning one (default: 8192)")
-    scratch.add_argument("--d-model", type=int, default=256, help="(default: 256)")
-    scratch.add_argument("--num-heads", type=int, default=4, help="(default: 4)")
-    scratch.add_argument("--num-layers", type=int, default=4, help="(default: 4)")
-    scratch.add_argument("--ff-dim", type=int, default=1024, help="(default: 1024)")
-    scratch.add_argument("--encoder-dropout", type=float, default=0.1, help="(default: 0.1)")
-    scratch.add_argument("--keep-case", action="store_true", help="do not lower-case the text")
-    source = parser.add_argument_group("data")
-    source.add_argument("--dataset", default="sample", choices=data.DATASETS,
-                        help="named dataset when --data is not given (default: sample, embedded)")
-    source.add_argument("--data", metavar="PATH", help="labeled training file (csv/tsv/jsonl)")
-    source.add_argument("--val-data", metavar="PATH",
-                        help="labeled validation file (default: split off --validation-split)")
-    source.add_argument("--validation-split", type=float, default=0.2,
-                        help="fraction held out when there is no --val-data (default: 0.2)")
-    source.add_argument("--max-train-examples", type=int,
-                        help="train on a random subset of this many examples (default: all)")
-    source.add_argument("--text-column", help="name of the text column/key")
-    source.add_argument("--label-column", help="name of the label column/key")
+    add_encoder_flags(parser)
+    add_data_flags(parser)
     fit = parser.add_argument_group("fine-tuning")
     fit.add_argument("--mode", choices=models.FINETUNE_MODES, default="full",
                      help="which weights train (default: full)")
@@ -93,29 +68,88 @@ def parse_args(argv=None):
     return recipe_flags.parse_args(parser, argv, check_flags)
 
 
+def add_encoder_flags(parser):
+    """The flags choosing the encoder: `--pretrained DIR` or `--from-scratch` and its size (also lightweight_finetune.py)."""
+    start = parser.add_argument_group("starting point").add_mutually_exclusive_group()
+    start.add_argument("--pretrained", metavar="DIR", default="saved_models/bert_pretrained",
+                       help="output of bert_pretrain.py (default: saved_models/bert_pretrained)")
+    start.add_argument("--from-scratch", action="store_true",
+                       help="a randomly initialised encoder of the size given below")
+    scratch = parser.add_argument_group("from scratch")
+    scratch.add_argument("--vocabulary", metavar="FILE",
+                         help="vocabulary.json to use (default: learn one from the training texts)")
+    scratch.add_argument("--vocab-size", type=int, default=8192, help="when learning one (default: 8192)")
+    scratch.add_argument("--d-model", type=int, default=256, help="(default: 256)")
+    scratch.add_argument("--num-heads", type=int, default=4, help="(default: 4)")
+    scratch.add_argument("--num-layers", type=int, default=4, help="(default: 4)")
+    scratch.add_argument("--ff-dim", type=int, default=1024, help="(default: 1024)")
+    scratch.add_argument("--encoder-dropout", type=float, default=0.1, help="(default: 0.1)")
+    scratch.add_argument("--keep-case", action="store_true", help="do not lower-case the text")
+
+
+def add_data_flags(parser):
+    """The flags choosing the labeled data (also lightweight_finetune.py)."""
+    source = parser.add_argument_group("data")
+    source.add_argument("--dataset", default="sample", choices=data.DATASETS,
+                        help="named dataset when --data is not given (default: sample, embedded)")
+    source.add_argument("--data", metavar="PATH", help="labeled training file (csv/tsv/jsonl)")
+    source.add_argument("--val-data", metavar="PATH",
+                        help="labeled validation file (default: split off --validation-split)")
+    source.add_argument("--validation-split", type=float, default=0.2,
+                        help="fraction held out when there is no --val-data (default: 0.2)")
+    source.add_argument("--max-train-examples", type=int,
+                        help="train on a random subset of this many examples (default: all)")
+    source.add_argument("--text-column", help="name of the text column/key")
+    source.add_argument("--label-column", help="name of the label column/key")
+
+
 def check_flags(args):
     """Everything the flags alone decide, checked before any data is read (see `kerazoo.recipe_flags`)."""
-    recipe_flags.positive(args, "vocab_size", "d_model", "num_heads", "num_layers", "ff_dim", "epochs",
-                          "batch_size", "top_k")
+    check_encoder_and_data_flags(args)
+    recipe_flags.positive(args, "epochs", "batch_size", "top_k")
+    for name in ("dropout", "warmup_fraction"):
+        recipe_flags.in_range(args, name, 0, 1, high_open=True)
+    recipe_flags.in_range(args, "learning_rate", low=0, low_open=True)
+    recipe_flags.in_range(args, "weight_decay", low=0)
+    recipe_flags.in_range(args, "patience", low=0)
+    recipe_flags.in_range(args, "seed", 0, 2 ** 32 - 1)
+    args.outputs = recipe_flags.export_destination(args.export_dir, args.name)
+
+
+def check_encoder_and_data_flags(args):
+    """The checks of `add_encoder_flags` and `add_data_flags` (and `--max-length`)."""
+    recipe_flags.positive(args, "vocab_size", "d_model", "num_heads", "num_layers", "ff_dim")
     recipe_flags.in_range(args, "vocab_size", low=6)  # 5 special tokens and one piece
     if args.max_length is not None:
         recipe_flags.in_range(args, "max_length", low=4)
     if args.max_train_examples is not None:
         recipe_flags.in_range(args, "max_train_examples", low=2)
-    for name in ("dropout", "encoder_dropout", "warmup_fraction"):
-        recipe_flags.in_range(args, name, 0, 1, high_open=True)
+    recipe_flags.in_range(args, "encoder_dropout", 0, 1, high_open=True)
     recipe_flags.in_range(args, "validation_split", 0, 1, low_open=True, high_open=True)
-    recipe_flags.in_range(args, "learning_rate", low=0, low_open=True)
-    recipe_flags.in_range(args, "weight_decay", low=0)
-    recipe_flags.in_range(args, "patience", low=0)
-    recipe_flags.in_range(args, "seed", 0, 2 ** 32 - 1)
     if args.from_scratch and args.d_model % args.num_heads:
         raise ValueError(f"--d-model {args.d_model} is not divisible by --num-heads {args.num_heads}")
-    args.outputs = recipe_flags.export_destination(args.export_dir, args.name)
 
 
-def load_data(args):
-    """(train, validation) `LabeledText`s as the flags ask."""
+def load_data(args, print_fn=print):
+    """(train, validation) `LabeledText`s as the flags ask (a `--max-train-examples` subset); prints their sizes."""
+    try:
+        train, val = _read_data(args)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    if list(val.label_names) != list(train.label_names):
+        raise SystemExit(f"error: training labels {list(train.label_names)} differ from validation labels "
+                         f"{list(val.label_names)}")
+    if args.max_train_examples and args.max_train_examples < len(train):
+        keep = np.sort(np.random.default_rng(args.seed).permutation(len(train))[:args.max_train_examples])
+        train = dataclasses.replace(train, texts=[train.texts[i] for i in keep], labels=train.labels[keep])
+    for split_name, split in (("train", train), ("validation", val)):
+        counts = np.bincount(split.labels, minlength=len(train.label_names))
+        print_fn(f"{split_name}: {len(split)} texts from {split.source}; "
+                 + ", ".join(f"{n}={c}" for n, c in zip(train.label_names, counts)))
+    return train, val
+
+
+def _read_data(args):
     if args.data:
         options = dict(text_column=args.text_column, label_column=args.label_column)
         train = data.load_labeled_text(args.data, **options)
@@ -160,21 +194,8 @@ def main(argv=None):
 
 def run(args):
     keras.utils.set_random_seed(args.seed)
-    try:
-        train, val = load_data(args)
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
-    if list(val.label_names) != list(train.label_names):
-        raise SystemExit(f"error: training labels {list(train.label_names)} differ from validation labels "
-                         f"{list(val.label_names)}")
-    if args.max_train_examples and args.max_train_examples < len(train):
-        keep = np.sort(np.random.default_rng(args.seed).permutation(len(train))[:args.max_train_examples])
-        train = dataclasses.replace(train, texts=[train.texts[i] for i in keep], labels=train.labels[keep])
+    train, val = load_data(args)
     label_names = list(train.label_names)
-    for split_name, split in (("train", train), ("validation", val)):
-        counts = np.bincount(split.labels, minlength=len(label_names))
-        print(f"{split_name}: {len(split)} texts from {split.source}; "
-              + ", ".join(f"{n}={c}" for n, c in zip(label_names, counts)))
 
     plan, _ = training.plan_from_flags(args)
     try:
