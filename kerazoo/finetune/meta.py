@@ -6,6 +6,9 @@ import numpy as np
 def adapt(model, x, y, steps, batch_size=None):
     """Fine-tunes a compiled model on one task's support set for `steps` full- or mini-batch steps.
 
+    The optimizer's state (step count, moments; not its learning rate)
+    restarts first, so every task is adapted to the same way.
+
     Args:
         model: a compiled `keras.Model` (its optimizer is the inner-loop optimizer).
         x, y: the support examples.
@@ -15,6 +18,9 @@ def adapt(model, x, y, steps, batch_size=None):
     Returns:
         The loss of the last step.
     """
+    for v in model.optimizer.variables:
+        if v.name != "learning_rate":
+            v.assign(np.zeros(v.shape, v.dtype))
     count = len(y)
     batch_size = batch_size or count
     loss = None
@@ -33,8 +39,7 @@ def reptile(model, sample_task, meta_steps, inner_steps=5, meta_learning_rate=0.
     compiled optimizer on it (`adapt`), and moves the starting weights a
     fraction of the way to the adapted ones: `theta += eps * (theta' - theta)`,
     with `eps` decaying linearly from `meta_learning_rate` to 0. That is a
-    first-order approximation of MAML that needs no second derivatives. The
-    optimizer's state (step count, moments; not its learning rate) is reset before every task.
+    first-order approximation of MAML that needs no second derivatives.
 
     Args:
         model: a compiled `keras.Model`; its weights are the initialisation to learn (updated in place).
@@ -58,9 +63,6 @@ def reptile(model, sample_task, meta_steps, inner_steps=5, meta_learning_rate=0.
     losses = []
     for step in range(meta_steps):
         start = [v.numpy() for v in variables]
-        for v in model.optimizer.variables:
-            if v.name != "learning_rate":  # the step count and the moments restart
-                v.assign(np.zeros(v.shape, v.dtype))
         x, y = sample_task(rng)
         losses.append(adapt(model, x, y, inner_steps))
         epsilon = meta_learning_rate * (1 - step / meta_steps)
