@@ -205,7 +205,7 @@ def test_bottleneck_adapters_start_as_identity_train_alone_and_reload(rng, tmp_p
         finetune.apply_adapters(fresh, 4)
 
 
-def test_soft_prompt_inserts_positions_extends_masks_and_keeps_padding_masked(rng):
+def test_soft_prompt_inserts_positions_extends_masks_and_keeps_padding_masked(rng, tmp_path):
     prompt = layers.SoftPrompt(3, insert_at=1)
     hidden = rng.normal(size=(2, 5, 8)).astype("float32")
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], "int32")
@@ -234,6 +234,10 @@ def test_soft_prompt_inserts_positions_extends_masks_and_keeps_padding_masked(rn
     before, trained = _snapshot(tuned), {v.path for v in tuned.trainable_weights}
     _train(tuned, x, y)
     _check_only_trainable_changed(tuned, before, trained)
+    finetune.save_adapters(tuned, tmp_path / "prompt.npz")  # the prompts and the head
+    fresh = finetune.prompt_tune(_classifier(), 4)
+    assert len(finetune.load_adapters(fresh, tmp_path / "prompt.npz")) == 1 + 4
+    np.testing.assert_array_equal(fresh(x), tuned(x))
 
     lm = _lm()
     tuned_lm = finetune.prompt_tune(lm, 2)
