@@ -1,4 +1,4 @@
-"""The `kerazoo` command: list recipes, inspect exported SavedModels, predict with them."""
+"""The `kerazoo` command: list recipes, launch local multi-worker runs, inspect exported SavedModels, predict with them."""
 
 import argparse
 import ast
@@ -34,6 +34,7 @@ def main(argv=None):
     inspect.add_argument("path", help="a model folder or a version folder")
     commands.add_parser("recipes", help="list the runnable recipes", description="List the recipes.")
     _add_attention_parser(commands)
+    _add_launch_parser(commands)
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's C++ log lines")
     args = parser.parse_args(argv)
     try:
@@ -44,6 +45,8 @@ def main(argv=None):
                 return _inspect(args.path)
             if args.command == "attention":
                 return _attention(args)
+            if args.command == "launch":
+                return _launch(args)
             return _predict(args.path, args.texts, args.json)
     except (FileNotFoundError, ValueError) as error:
         print(f"kerazoo {args.command}: error: {error}", file=sys.stderr)
@@ -183,6 +186,35 @@ def _attention(args):
         print(f"  head {head}: the last token {maps.tokens[-1]!r} attends most to token {key} "
               f"{maps.tokens[key]!r} ({scores[-1, key]:.0%})")
     return 0
+
+
+def _add_launch_parser(commands):
+    launch = commands.add_parser(
+        "launch", help="run a recipe as N local workers of a multi-worker cluster",
+        description="Start N processes of SCRIPT, each with the TF_CONFIG of one worker of a cluster on free "
+                    "loopback ports (worker 0 is the chief), print their output prefixed with [worker i], and "
+                    "stop every worker if one fails. Pass --strategy multi-worker to the recipe; its "
+                    "--batch-size is per worker.",
+        epilog="example: kerazoo launch --workers 2 recipes/transformer_lm.py --strategy multi-worker "
+               "--batch-size 8")
+    launch.add_argument("--workers", type=int, default=2, help="processes to start (default: 2)")
+    launch.add_argument("--pin-cores", action="store_true",
+                        help="pin worker i to CPU core i, as taskset -c i would")
+    launch.add_argument("script", help="a Python script (e.g. recipes/transformer_lm.py) or a recipe name")
+    launch.add_argument("script_args", nargs=argparse.REMAINDER, help="arguments for the script")
+
+
+def _launch(args):
+    from kerazoo import launch
+
+    script = args.script
+    if not os.path.isfile(script) and (RECIPES / f"{script}.py").is_file():
+        script = str(RECIPES / f"{script}.py")
+    if not os.path.isfile(script):
+        raise FileNotFoundError(f"script not found: {args.script!r} (a .py file, or one of `kerazoo recipes`)")
+    if args.workers < 1:
+        raise ValueError(f"--workers must be an integer >= 1; received {args.workers}")
+    return launch.launch([sys.executable, script, *args.script_args], args.workers, pin_cores=args.pin_cores)
 
 
 def _format(value):

@@ -43,6 +43,8 @@ def parse_args(parser, argv, check):
     """
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "logical_devices"):  # from add_runtime_flags
+            positive(args, "logical_devices")
         check(args)
     except ValueError as error:
         parser.error(str(error))
@@ -120,19 +122,24 @@ def quantize_mode(args):
 def add_runtime_flags(parser, precision="auto", jit_compile="auto"):
     """Adds the flags every recipe shares, as a "runtime" group of an `argparse` parser.
 
-    `--precision`, `--jit-compile` (the plan), `--checkpoint-dir` (resume
-    after a kill), `--logdir` (TensorBoard) and `--verbose` (TensorFlow's C++
-    log lines and Keras progress bars; quiet by default: `fit_verbosity`).
-    Use the parsed
-    flags with `training.quiet_logs`, `training.plan_from_flags` and
+    `--precision`, `--jit-compile` (the plan), `--strategy` and
+    `--logical-devices` (tf.distribute), `--checkpoint-dir` (resume after a
+    kill), `--logdir` (TensorBoard) and `--verbose` (TensorFlow's C++ log
+    lines and Keras progress bars; quiet by default: `fit_verbosity`).
+    Use the parsed flags with `training.quiet_logs`,
+    `training.strategy_from_flags`, `training.plan_from_flags` and
     `training.runtime_callbacks`, the pattern of every recipe:
 
         recipe_flags.add_runtime_flags(parser)
         args = recipe_flags.parse_args(parser, argv, check_flags)
         with training.quiet_logs(args):
+            strategy = training.strategy_from_flags(args)  # first: before any tensor
+            batch_size = training.global_batch_size(args.batch_size, strategy)
             plan, model = training.plan_from_flags(args, build, batch)
-            with plan.scope():
+            with plan.scope():  # the strategy's scope too
                 model.fit(..., callbacks=[..., *training.runtime_callbacks(args, plan)])
+            if training.is_chief():
+                ...  # save and export: under multi-worker, the chief only
 
     Args:
         parser: an `argparse.ArgumentParser`.
@@ -148,8 +155,8 @@ def add_runtime_flags(parser, precision="auto", jit_compile="auto"):
     >>> parser = argparse.ArgumentParser()
     >>> _ = add_runtime_flags(parser)
     >>> args = parser.parse_args(["--checkpoint-dir", "ckpt", "--verbose"])
-    >>> args.checkpoint_dir, args.logdir, args.verbose, args.precision
-    ('ckpt', None, 1, 'auto')
+    >>> args.checkpoint_dir, args.logdir, args.verbose, args.precision, args.strategy
+    ('ckpt', None, 1, 'auto', 'default')
     """
     group = parser.add_argument_group("runtime")
     group.add_argument("--precision", choices=("auto",) + training.PRECISIONS, default=precision,
@@ -158,6 +165,13 @@ def add_runtime_flags(parser, precision="auto", jit_compile="auto"):
                             f"~/.cache/kerazoo/plans.json (default: {precision})")
     group.add_argument("--jit-compile", choices=("auto", "on", "off"), default=jit_compile,
                        help=f"XLA for the train step (default: {jit_compile}, from the plan)")
+    group.add_argument("--strategy", choices=training.STRATEGIES, default="default",
+                       help="tf.distribute: default (one device); mirrored (this machine's GPUs, or "
+                            "--logical-devices logical CPU devices); multi-worker (the cluster in TF_CONFIG: "
+                            "`kerazoo launch --workers N`); tpu. --batch-size is per replica: the global "
+                            "batch is it x replicas; the learning rate is not scaled (default: default)")
+    group.add_argument("--logical-devices", type=int, default=2, metavar="N",
+                       help="replicas of --strategy mirrored on a machine without GPUs (default: 2)")
     group.add_argument("--checkpoint-dir", metavar="DIR",
                        help="save a checkpoint there after every epoch (evaluation interval), atomically; "
                             "the same command run again resumes from the last one")

@@ -1,4 +1,4 @@
-"""Training setup: pick precision and XLA for the device, build under that policy, compile with AdamW."""
+"""Training setup: pick precision, XLA and a tf.distribute strategy, build under them, compile with AdamW."""
 
 import contextlib
 import dataclasses
@@ -18,6 +18,15 @@ from kerazoo import nonfinite
 from kerazoo.native_logs import quiet_native_logs
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
+# Seen with TF 2.21 on a CPU: under mirrored, XLA cannot reach a replica's
+# variables on another logical device ("Trying to access resource ...
+# located in device CPU:1"); under multi-worker, the collective all-reduce
+# does not convert to XLA ("tf2xla conversion failed"). Keras's own
+# jit_compile="auto" turns XLA off under tf.distribute too.
+_NO_XLA_UNDER_STRATEGY = ("XLA and auto-clustering off: a tf.distribute step does not compile with XLA here "
+                          "(as Keras's jit_compile='auto' decides)")
+_strategies = {}  # name -> this process's one instance (collective ops are configured once per process)
 # TF_XLA_FLAGS that restrict CPU auto-clustering to element-wise ops (layer
 # norms, GELUs, softmaxes), leaving matmuls to oneDNN's bfloat16 kernels.
 # TensorFlow parses TF_XLA_FLAGS once, at the first traced function.
@@ -36,12 +45,15 @@ class TrainingPlan:
         xla_fusion: without `jit_compile`, let XLA fuse only the element-wise
             ops (auto-clustering), leaving matmuls to oneDNN. Process-wide
             TensorFlow settings, so they are on only inside `scope()`.
+        strategy: one of `STRATEGIES`; `scope()` enters that
+            `tf.distribute` strategy (see `strategy`).
     """
 
     precision: str
     jit_compile: bool
     reason: str
     xla_fusion: bool = False
+    strategy: str = "default"
 
     @contextlib.contextmanager
     def policy_scope(self):
@@ -62,11 +74,13 @@ class TrainingPlan:
 
     @contextlib.contextmanager
     def scope(self):
-        """Builds, compiles and trains inside this block: the dtype policy and, for `xla_fusion`, auto-clustering.
+        """Builds, compiles and trains inside this block: the strategy, the dtype policy and, for `xla_fusion`, auto-clustering.
 
         Keras traces its train/test functions at their first call, so `fit`
         and `evaluate` must run inside the block for the fusion to apply. On
-        exit TensorFlow's JIT settings are restored to what they were.
+        exit TensorFlow's JIT settings are restored to what they were. Models
+        and optimizers built here live under the plan's `tf.distribute`
+        strategy (their variables mirrored on every replica).
 
         Example:
 
@@ -76,6 +90,8 @@ class TrainingPlan:
         'float32'
         """
         with contextlib.ExitStack() as stack:
+            if self.strategy != "default":
+                stack.enter_context(strategy(self.strategy).scope())
             stack.enter_context(self.policy_scope())
             if self.xla_fusion:
                 stack.enter_context(_fusible_auto_clustering())
@@ -86,7 +102,7 @@ class TrainingPlan:
         return dataclasses.asdict(self)
 
 
-def select_plan(precision="auto", jit_compile="auto"):
+def select_plan(precision="auto", jit_compile="auto", strategy="default"):
     """Chooses precision and XLA by rule, without timing anything.
 
     On a GPU: XLA always; `mixed_bfloat16` where the GPU supports it (compute
@@ -96,11 +112,17 @@ def select_plan(precision="auto", jit_compile="auto"):
     without XLA is faster depends on the model, so `choose_plan` times it.
     A CPU plan in mixed_bfloat16 without XLA gets `xla_fusion` where
     TensorFlow can still restrict auto-clustering to element-wise ops.
+    On a TPU, "auto" is mixed_bfloat16 (TPUStrategy compiles with XLA
+    itself). Under `mirrored` and `multi-worker`, XLA is off, even when
+    asked for, with the reason in the plan: the distributed step fails to
+    compile on a CPU, and Keras's "auto" rule turns it off under
+    tf.distribute on GPUs too.
 
     Args:
         precision: "auto" or one of `PRECISIONS`.
         jit_compile: "auto" or a bool; "auto" follows the rules above for the
             chosen precision.
+        strategy: one of `STRATEGIES`, recorded in the plan.
 
     Returns:
         A `TrainingPlan`.
@@ -110,47 +132,62 @@ def select_plan(precision="auto", jit_compile="auto"):
     >>> select_plan("float32").jit_compile
     True
     """
-    _check_plan_options(precision, jit_compile)
+    _check_plan_options(precision, jit_compile, strategy)
     gpus = tf.config.list_physical_devices("GPU")
+    if strategy == "tpu":
+        precision = "mixed_bfloat16" if precision == "auto" else precision
+        return TrainingPlan(precision, False, f"TPU: {precision}; TPUStrategy compiles every step with XLA itself",
+                            strategy=strategy)
+    distributed = strategy != "default"
     if gpus:
         if precision == "auto":
             capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability")
             precision = "mixed_bfloat16" if capability and capability >= (8, 0) else "mixed_float16"
-        jit = True if jit_compile == "auto" else jit_compile
-        return TrainingPlan(precision, jit, f"GPU ({len(gpus)}): XLA with {precision}")
+        jit = (True if jit_compile == "auto" else jit_compile) and not distributed
+        return TrainingPlan(precision, jit, f"GPU ({len(gpus)}): {precision}, jit_compile={jit}"
+                            + (f"; {_NO_XLA_UNDER_STRATEGY}" if distributed else ""), strategy=strategy)
     reason = "CPU: default" if precision == "auto" else f"CPU: precision {precision} requested"
     precision = "float32" if precision == "auto" else precision
     jit = (precision == "float32") if jit_compile == "auto" else jit_compile
-    wants_fusion = not jit and precision == "mixed_bfloat16"
+    if distributed:
+        jit, reason = False, f"{reason}; {_NO_XLA_UNDER_STRATEGY}"
+    wants_fusion = not jit and precision == "mixed_bfloat16" and not distributed
     fusion = wants_fusion and fusible_clustering_available()
     why_not = (f" (needs TF_XLA_FLAGS={_FUSIBLE_FLAG} before TensorFlow starts)"
                if wants_fusion and not fusion else "")
     return TrainingPlan(precision, jit, f"{reason} -> {precision}, jit_compile={jit}, "
-                        f"xla_fusion={fusion}{why_not}", xla_fusion=fusion)
+                        f"xla_fusion={fusion}{why_not}", xla_fusion=fusion, strategy=strategy)
 
 
-def candidate_plans(precision="auto", jit_compile="auto"):
+def candidate_plans(precision="auto", jit_compile="auto", strategy="default"):
     """The plans `choose_plan` times: one per precision the options allow on this device.
 
     On a GPU (or with both options pinned) there is a single candidate, the
     rule of `select_plan`. On a CPU, "auto" precision tries float32 and
     mixed_bfloat16, each with its own jit rule unless `jit_compile` is pinned.
+    Under `multi-worker` and `tpu` there is a single candidate too: every
+    worker must run the same plan, and each would time its own.
 
     Args:
         precision: "auto" or one of `PRECISIONS`.
         jit_compile: "auto" or a bool.
+        strategy: one of `STRATEGIES`.
 
     Returns:
         A list of `TrainingPlan`s.
     """
-    _check_plan_options(precision, jit_compile)
+    _check_plan_options(precision, jit_compile, strategy)
+    if strategy in ("multi-worker", "tpu"):
+        plan = select_plan(precision, jit_compile, strategy)
+        return [dataclasses.replace(plan, reason=f"{plan.reason} (not timed under {strategy}: every worker "
+                                                 "must run the same plan)")]
     if precision != "auto" or tf.config.list_physical_devices("GPU"):
-        return [select_plan(precision, jit_compile)]
-    return [select_plan(p, jit_compile) for p in ("float32", "mixed_bfloat16")]
+        return [select_plan(precision, jit_compile, strategy)]
+    return [select_plan(p, jit_compile, strategy) for p in ("float32", "mixed_bfloat16")]
 
 
 def choose_plan(build, batch, precision="auto", jit_compile="auto", steps=4, cache_path=None,
-                step_time=None, print_fn=print):
+                step_time=None, print_fn=print, strategy="default"):
     """Picks the plan for this model by timing a few real training steps under each candidate.
 
     Each candidate (`candidate_plans`) builds and compiles the model with
@@ -178,11 +215,13 @@ def choose_plan(build, batch, precision="auto", jit_compile="auto", steps=4, cac
             default times steps of `model.fit` with `time.perf_counter`.
             Tests inject a fake here.
         print_fn: where the summary line goes.
+        strategy: one of `STRATEGIES`: candidates are built and timed under
+            it (`batch` is then the global batch).
 
     Returns:
         `(plan, model)`.
     """
-    candidates = candidate_plans(precision, jit_compile)
+    candidates = candidate_plans(precision, jit_compile, strategy)
     step_time = step_time or _time_train_steps
     if cache_path is None:
         cache_path = plan_cache_path()
@@ -195,11 +234,14 @@ def choose_plan(build, batch, precision="auto", jit_compile="auto", steps=4, cac
         return first, models[first]
     initial_weights = models[first].get_weights()
     key = f"{machine_signature()}|{model_signature(models[first], batch)}"
+    if strategy != "default":
+        key += f"|{strategy} x{_strategies[strategy].num_replicas_in_sync}"
     cached = _read_plan_cache(cache_path, key) if cache_path else None
     if cached is not None:
         plan = TrainingPlan(cached["precision"], cached["jit_compile"],
                             f"cached in {cache_path}: {cached['reason']}",
-                            xla_fusion=cached["xla_fusion"] and fusible_clustering_available())
+                            xla_fusion=cached["xla_fusion"] and fusible_clustering_available(),
+                            strategy=strategy)
         print_fn(f"plan: {plan.reason}")
         if (plan.precision, plan.jit_compile, plan.xla_fusion) == (
                 first.precision, first.jit_compile, first.xla_fusion):
@@ -312,7 +354,9 @@ def _set_cpu_global_jit(enabled):
     return _pywrap_tf_session.TF_SetTfXlaCpuGlobalJit(int(bool(enabled)))
 
 
-def _check_plan_options(precision, jit_compile):
+def _check_plan_options(precision, jit_compile, strategy="default"):
+    if strategy not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}; received {strategy!r}.")
     if precision != "auto" and precision not in PRECISIONS:
         raise ValueError(f"`precision` must be 'auto' or one of {PRECISIONS}; received {precision!r}.")
     if jit_compile != "auto" and not isinstance(jit_compile, bool):
@@ -570,28 +614,32 @@ def plan_from_flags(args, build=None, batch=None, print_fn=print):
     """The training plan the runtime flags ask for (see `recipe_flags.add_runtime_flags`).
 
     A checkpoint directory that already holds a plan (a resumed run) pins it,
-    unless the flags pin another. Otherwise, with `build` and `batch`, the plan
-    is timed per model by `choose_plan`; without them it follows `select_plan`.
+    unless the flags pin another or ask for another strategy. Otherwise, with
+    `build` and `batch`, the plan is timed per model by `choose_plan`; without
+    them it follows `select_plan`. The plan carries `--strategy`: build,
+    compile and fit inside `plan.scope()`.
 
     Args:
-        args: parsed flags with `precision`, `jit_compile` and `checkpoint_dir`.
+        args: parsed flags with `precision`, `jit_compile`, `checkpoint_dir`
+            and (optionally) `strategy`.
         build: optional `build(plan) -> compiled keras.Model`.
-        batch: a training batch, with `build`.
+        batch: a training batch (the global batch under a strategy), with `build`.
         print_fn: where the plan line goes.
 
     Returns:
         `(plan, model)`; model is None when `build` is not given.
     """
     jit = {"on": True, "off": False, "auto": "auto"}[args.jit_compile]
+    strategy_name = getattr(args, "strategy", "default")
     saved = Checkpoint.saved_plan(args.checkpoint_dir) if getattr(args, "checkpoint_dir", None) else None
-    if saved and args.precision == "auto" and jit == "auto":
+    if saved and saved.strategy == strategy_name and args.precision == "auto" and jit == "auto":
         plan = dataclasses.replace(saved, reason=f"from the checkpoint in {args.checkpoint_dir}: {saved.reason}",
                                    xla_fusion=saved.xla_fusion and fusible_clustering_available())
     elif build is not None:
-        plan, model = choose_plan(build, batch, args.precision, jit, print_fn=print_fn)
+        plan, model = choose_plan(build, batch, args.precision, jit, print_fn=print_fn, strategy=strategy_name)
         return plan, model
     else:
-        plan = select_plan(args.precision, jit)
+        plan = select_plan(args.precision, jit, strategy_name)
     print_fn(f"plan: {plan.reason}")
     if build is None:
         return plan, None
@@ -599,11 +647,200 @@ def plan_from_flags(args, build=None, batch=None, print_fn=print):
         return plan, build(plan)
 
 
+def strategy(name="default", logical_devices=2):
+    """This process's `tf.distribute.Strategy` for `name`, made at the first call and reused after.
+
+    - "default": no distribution (one device).
+    - "mirrored": synchronous data parallelism over this machine's GPUs
+      (all-reduce with NCCL); on a machine without GPUs, over
+      `logical_devices` logical CPU devices, which TensorFlow can only set up
+      before it initialises its devices: call this first thing in the process.
+    - "multi-worker": `MultiWorkerMirroredStrategy`, the cluster read from
+      `TF_CONFIG` (collective all-reduce over gRPC; NCCL between GPUs); make
+      it at program start, on every worker (`kerazoo launch` sets TF_CONFIG).
+    - "tpu": `TPUStrategy` on the TPU named by `TPU_NAME` (or this TPU VM's).
+
+    Args:
+        name: one of `STRATEGIES`.
+        logical_devices: replicas of "mirrored" on a CPU-only machine (>= 1).
+
+    Returns:
+        A `tf.distribute.Strategy`; `num_replicas_in_sync` is its replica count.
+
+    Example:
+
+    >>> strategy("default").num_replicas_in_sync
+    1
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {STRATEGIES}; received {name!r}.")
+    if name not in _strategies:
+        make = {"default": tf.distribute.get_strategy, "mirrored": lambda: _mirrored(logical_devices),
+                "multi-worker": _multi_worker, "tpu": _tpu}[name]
+        _strategies[name] = make()
+    return _strategies[name]
+
+
+def strategy_from_flags(args, print_fn=print):
+    """The strategy `--strategy` (and `--logical-devices`) ask for, with a line saying where replicas run.
+
+    Call it first in a recipe's `run`, before any data or model: logical CPU
+    devices and collective ops can only be set up before TensorFlow
+    initialises its devices.
+
+    Args:
+        args: parsed flags from `recipe_flags.add_runtime_flags`.
+        print_fn: where the line goes.
+
+    Returns:
+        The `tf.distribute.Strategy` (the one `plan.scope()` then enters).
+
+    Raises:
+        SystemExit: with a one-line `error: ...` when the strategy cannot be
+            made (no TF_CONFIG, no TPU, devices already initialised).
+    """
+    try:
+        made = strategy(args.strategy, args.logical_devices)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    if args.strategy != "default":
+        devices = ", ".join(d.split("/", 3)[-1].replace("device:", "") for d in made.extended.worker_devices)
+        where = "" if is_chief(made) else ", not the chief: it writes no checkpoint, log or model"
+        resolver = made.cluster_resolver
+        if args.strategy == "multi-worker":
+            workers = len(resolver.cluster_spec().as_dict().get("worker", [])) + len(
+                resolver.cluster_spec().as_dict().get("chief", []))
+            where = f"; this is {resolver.task_type} {resolver.task_id} of {workers} workers{where}"
+        print_fn(f"strategy: {args.strategy}, {made.num_replicas_in_sync} replicas in sync "
+                 f"(here: {devices}){where}")
+    return made
+
+
+def global_batch_size(per_replica, made_strategy, print_fn=print):
+    """The batch a strategy's datasets must yield: `per_replica` x replicas in sync (printed when > 1 replica).
+
+    Keras splits each global batch across the replicas and averages the
+    gradients, so one step of N replicas on a global batch matches one step
+    of one device on that batch. The learning rate is not scaled: that
+    choice stays with the user.
+
+    Args:
+        per_replica: examples per replica per step (a recipe's `--batch-size`).
+        made_strategy: a `tf.distribute.Strategy`.
+        print_fn: where the line goes.
+
+    Returns:
+        int.
+
+    Example:
+
+    >>> global_batch_size(16, strategy("default"))
+    16
+    """
+    replicas = made_strategy.num_replicas_in_sync
+    if replicas > 1:
+        print_fn(f"batch: {per_replica} per replica x {replicas} replicas = global batch {per_replica * replicas} "
+                 "(the learning rate is not scaled with it)")
+    return per_replica * replicas
+
+
+def is_chief(made_strategy=None):
+    """Whether this process writes checkpoints, logs and models: True except on non-chief multi-worker tasks.
+
+    The chief is the "chief" task, or worker 0 when the cluster has none
+    (TensorFlow's convention).
+
+    Args:
+        made_strategy: a strategy (default: the multi-worker one if this
+            process made it, else this is the only process: True).
+
+    Returns:
+        bool.
+    """
+    made_strategy = made_strategy or _strategies.get("multi-worker")
+    resolver = getattr(made_strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type or resolver.task_type == "chief":
+        return True
+    return (resolver.task_type == "worker" and resolver.task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def _mirrored(logical_devices):
+    if tf.config.list_physical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()  # every GPU, NCCL all-reduce
+    if isinstance(logical_devices, bool) or not isinstance(logical_devices, int) or logical_devices < 1:
+        raise ValueError(f"`logical_devices` must be an integer >= 1; received {logical_devices!r}.")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or []) != logical_devices:
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * logical_devices)
+        except RuntimeError:
+            raise ValueError(
+                f"--strategy mirrored on a machine without GPUs needs {logical_devices} logical CPU devices, "
+                "which TensorFlow sets up only before it initialises its devices, and it already has in this "
+                "process: make the strategy first (training.strategy_from_flags at the start of the "
+                "recipe's run), before any tensor is created") from None
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:logical_devices]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def _multi_worker():
+    config = os.environ.get("TF_CONFIG")
+    if not config:
+        raise ValueError("--strategy multi-worker reads its cluster from the TF_CONFIG environment variable, "
+                         "which is not set: start the workers with `kerazoo launch --workers N SCRIPT ...` "
+                         "(one machine) or set TF_CONFIG on each machine (README: distributed training)")
+    try:
+        parsed = json.loads(config)
+        parsed["cluster"], parsed["task"]["type"], parsed["task"]["index"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"TF_CONFIG must be JSON with 'cluster' and 'task' {{'type', 'index'}}; "
+                         f"received {config!r}") from None
+    try:
+        return _MultiWorkerMirroredStrategy()
+    except RuntimeError as error:
+        raise ValueError(f"--strategy multi-worker must be set up before TensorFlow initialises its devices "
+                         f"(make it first in the process): {error}") from None
+
+
+class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """`MultiWorkerMirroredStrategy` whose `reduce` takes what Keras 3's `fit` gives it (keras#20585).
+
+    Keras reduces a whole (nested) batch at once, and scalar logs with
+    `axis=0`; the strategy's own `reduce` rejects both. This one reduces
+    each element, over the replicas only when it is a scalar.
+    """
+
+    def reduce(self, reduce_op, value, axis=None):
+        def reduce_one(element):
+            rank = self.experimental_local_results(element)[0].shape.rank
+            return super(_MultiWorkerMirroredStrategy, self).reduce(reduce_op, element,
+                                                                    None if rank == 0 else axis)
+
+        return tf.nest.map_structure(reduce_one, value)
+
+
+def _tpu():
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()  # TPU_NAME, or this TPU VM's TPU
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        message = str(error).strip().splitlines()
+        raise ValueError(f"--strategy tpu: no TPU found ({message[0] if message else type(error).__name__}); "
+                         "run on a TPU VM or set TPU_NAME") from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
 def runtime_callbacks(args, plan):
     """The callbacks the runtime flags ask for: `Checkpoint` (`--checkpoint-dir`) and `TensorBoard` (`--logdir`).
 
     Put them after callbacks that add to the epoch logs (e.g.
     `LanguageModelProgress`), so that TensorBoard and the checkpoint see those.
+    Under `multi-worker` only the chief writes: the other workers restore
+    from the same checkpoint directory (it must be one every worker can read)
+    and write no TensorBoard files.
 
     Args:
         args: parsed flags from `recipe_flags.add_runtime_flags`.
@@ -613,10 +850,10 @@ def runtime_callbacks(args, plan):
         A list of `keras.callbacks.Callback`.
     """
     callbacks = []
-    if args.logdir:
+    if args.logdir and is_chief():
         callbacks.append(TensorBoard(args.logdir, plan))
     if args.checkpoint_dir:
-        callbacks.append(Checkpoint(args.checkpoint_dir, plan))
+        callbacks.append(Checkpoint(args.checkpoint_dir, plan, write=is_chief()))
     return callbacks
 
 
@@ -670,14 +907,16 @@ class Checkpoint(keras.callbacks.Callback):
         directory: the checkpoint directory (created).
         plan: optional `TrainingPlan`, saved as `plan.json`.
         print_fn: where the "resumed" line goes.
+        write: False for a multi-worker task other than the chief: it
+            restores from `directory` but never writes there.
 
     Attributes:
         initial_epoch: epochs already done according to the checkpoint (0 if none).
     """
 
-    def __init__(self, directory, plan=None, print_fn=print):
+    def __init__(self, directory, plan=None, print_fn=print, write=True):
         super().__init__()
-        self.directory, self.plan, self.print_fn = os.fspath(directory), plan, print_fn
+        self.directory, self.plan, self.print_fn, self.write = os.fspath(directory), plan, print_fn, write
         state = self._state()
         self.initial_epoch = state["epoch"] if state else 0
 
@@ -701,12 +940,8 @@ class Checkpoint(keras.callbacks.Callback):
         return state
 
     def on_train_begin(self, logs=None):
-        os.makedirs(self.directory, exist_ok=True)
-        for name in os.listdir(self.directory):
-            if name.startswith(".tmp-"):  # left by a process killed while writing
-                os.remove(os.path.join(self.directory, name))
-        if self.plan is not None:
-            write_json_atomically(os.path.join(self.directory, "plan.json"), self.plan.to_dict())
+        if self.write:
+            self._prepare_directory()
         state = self._state()
         if state is None:
             return
@@ -717,7 +952,17 @@ class Checkpoint(keras.callbacks.Callback):
         self.print_fn(f"resumed from {self.directory}: {state['epoch']} epochs done "
                       f"(optimizer step {int(self.model.optimizer.iterations.numpy())})")
 
+    def _prepare_directory(self):
+        os.makedirs(self.directory, exist_ok=True)
+        for name in os.listdir(self.directory):
+            if name.startswith(".tmp-"):  # left by a process killed while writing
+                os.remove(os.path.join(self.directory, name))
+        if self.plan is not None:
+            write_json_atomically(os.path.join(self.directory, "plan.json"), self.plan.to_dict())
+
     def on_epoch_end(self, epoch, logs=None):
+        if not self.write:
+            return
         try:  # a diverged model never replaces the last good checkpoint
             nonfinite.check_finite_weights(self.model)
         except FloatingPointError as error:

@@ -50,11 +50,13 @@ def main(argv=None):
 
 
 def run(args):
+    strategy = training.strategy_from_flags(args)
+    batch_size = training.global_batch_size(args.batch_size, strategy)
     keras.utils.set_random_seed(args.seed)
     vocab = sorted(set(SAMPLE_TEXT))
     ids = np.array([vocab.index(c) for c in SAMPLE_TEXT], dtype="int32")
     rng = np.random.default_rng(args.seed)
-    starts = rng.integers(0, len(ids) - args.max_length, size=args.steps * args.batch_size)
+    starts = rng.integers(0, len(ids) - args.max_length, size=args.steps * batch_size)
     windows = np.stack([ids[s:s + args.max_length + 1] for s in starts])
 
     plan, _ = training.plan_from_flags(args)
@@ -63,7 +65,7 @@ def run(args):
                                       num_heads=4, num_layers=2, ff_dim=128)
         training.compile_model(model, plan, optimizer=training.adamw(3e-3))
         start = time.perf_counter()
-        history = model.fit(windows[:, :-1], windows[:, 1:], batch_size=args.batch_size, epochs=1,
+        history = model.fit(windows[:, :-1], windows[:, 1:], batch_size=batch_size, epochs=1,
                             verbose=recipe_flags.fit_verbosity(args),
                             callbacks=training.runtime_callbacks(args, plan))
     losses = history.history["loss"]
