@@ -60,9 +60,11 @@ def launch(command, workers, pin_cores=False, grace_seconds=10.0, print_fn=print
     port and its own index, its own process group, and dies with the
     launcher (Linux). Their output (stdout and stderr) is printed line by
     line with a `[worker i]` prefix. When one worker fails (non-zero exit or
-    a signal), or the launcher gets SIGINT/SIGTERM, every other worker is
-    sent SIGTERM, then SIGKILL after `grace_seconds`, and waited for: no
-    process outlives the launcher.
+    a signal), the others are killed (SIGKILL) at once: their next
+    all-reduce can never complete, and TensorFlow's workers catch SIGTERM
+    (to checkpoint on preemption) rather than exit. When the launcher gets
+    SIGINT or SIGTERM, the workers get SIGINT, then SIGKILL after
+    `grace_seconds`. Every worker is waited for: none outlives the launcher.
 
     Args:
         command: the program and its arguments, e.g. `[sys.executable,
@@ -95,7 +97,9 @@ def launch(command, workers, pin_cores=False, grace_seconds=10.0, print_fn=print
     def on_signal(signum, frame):
         stop.setdefault("signal", signum)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals reach only that one
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
+    status = None
     try:
         for index, config in enumerate(tf_configs(addresses)):
             env = dict(os.environ, TF_CONFIG=config, PYTHONUNBUFFERED="1")
@@ -113,7 +117,8 @@ def launch(command, workers, pin_cores=False, grace_seconds=10.0, print_fn=print
             readers.append(reader)
         status = _wait(processes, stop, say)
     finally:
-        _stop_all(processes, grace_seconds)
+        # A failed worker leaves the others stuck in an all-reduce: no grace for them.
+        _stop_all(processes, grace_seconds if "signal" in stop or status is None else 0)
         for reader in readers:
             reader.join(timeout=5)
         for s, handler in previous.items():
@@ -141,10 +146,10 @@ def _wait(processes, stop, say):
 
 
 def _stop_all(processes, grace_seconds):
-    """SIGTERM to every live worker's process group, SIGKILL to those left after the grace period; reaps all."""
-    live = [p for p in processes if p.poll() is None]
+    """SIGINT to every live worker's process group, SIGKILL to those left after the grace period; reaps all."""
+    live = [p for p in processes if p.poll() is None] if grace_seconds > 0 else []
     for p in live:
-        _signal_group(p, signal.SIGTERM)
+        _signal_group(p, signal.SIGINT)
     deadline = time.monotonic() + grace_seconds
     for p in live:
         try:
