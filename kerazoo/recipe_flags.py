@@ -17,20 +17,32 @@ prompt against the context) run right after the data is loaded, still before
 training, inside `with recipe_flags.exit_on(ValueError):`.
 """
 
+import atexit
 import contextlib
 import math
 import os
 import re
+import shutil
+import tempfile
 
 from kerazoo import training
 
 # An export name is one folder (TF Serving's <base>/<name>/<version>/): no
 # separators, no "." or "..", nothing hidden.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Flags naming directories a recipe writes. Under multi-worker every worker
+# saves (reading or creating mirrored variables can be a collective op that
+# needs them all), and each task other than the chief writes into scratch.
+OUTPUT_FLAGS = ("export_dir", "output_dir", "logdir")
 
 
 def parse_args(parser, argv, check):
     """Parses `argv` with `parser`, then runs `check(args)`; a `ValueError` becomes `parser.error`.
+
+    With the runtime flags (`add_runtime_flags`) and `--strategy
+    multi-worker`, a task other than the chief gets its `OUTPUT_FLAGS`
+    pointed into a scratch directory (removed at exit): it runs the same
+    saves as the chief, and only the chief's are kept.
 
     Args:
         parser: an `argparse.ArgumentParser`.
@@ -45,6 +57,7 @@ def parse_args(parser, argv, check):
     try:
         if hasattr(args, "logical_devices"):  # from add_runtime_flags
             positive(args, "logical_devices")
+            _scratch_outputs_off_the_chief(args)
         check(args)
     except ValueError as error:
         parser.error(str(error))
@@ -184,6 +197,16 @@ def add_runtime_flags(parser, precision="auto", jit_compile="auto"):
                             "and Keras progress bars; 2: TensorFlow's log lines, one line per epoch "
                             "(default: 0)")
     return group
+
+
+def _scratch_outputs_off_the_chief(args):
+    if args.strategy != "multi-worker" or training.is_chief("multi-worker"):
+        return
+    scratch = tempfile.mkdtemp(prefix="kerazoo-worker-")
+    atexit.register(shutil.rmtree, scratch, True)
+    for name in OUTPUT_FLAGS:
+        if getattr(args, name, None):
+            setattr(args, name, os.path.join(scratch, name))
 
 
 def fit_verbosity(args):

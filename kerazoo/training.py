@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 
 import keras
@@ -705,7 +706,8 @@ def strategy_from_flags(args, print_fn=print):
         raise SystemExit(f"error: {error}") from None
     if args.strategy != "default":
         devices = ", ".join(d.split("/", 3)[-1].replace("device:", "") for d in made.extended.worker_devices)
-        where = "" if is_chief(made) else ", not the chief: it writes no checkpoint, log or model"
+        where = "" if is_chief(args.strategy) else (", not the chief: it saves like the chief, into a scratch "
+                                                    "directory removed at exit")
         resolver = made.cluster_resolver
         if args.strategy == "multi-worker":
             workers = len(resolver.cluster_spec().as_dict().get("worker", [])) + len(
@@ -744,25 +746,29 @@ def global_batch_size(per_replica, made_strategy, print_fn=print):
     return per_replica * replicas
 
 
-def is_chief(made_strategy=None):
-    """Whether this process writes checkpoints, logs and models: True except on non-chief multi-worker tasks.
+def is_chief(strategy_name="multi-worker"):
+    """Whether this process's checkpoints, logs and models are the ones kept.
 
-    The chief is the "chief" task, or worker 0 when the cluster has none
-    (TensorFlow's convention).
+    True except for a multi-worker task other than the chief: the "chief"
+    task, or worker 0 when the cluster has none (TensorFlow's convention),
+    read from `TF_CONFIG`.
 
     Args:
-        made_strategy: a strategy (default: the multi-worker one if this
-            process made it, else this is the only process: True).
+        strategy_name: the strategy in use; only "multi-worker" has tasks.
 
     Returns:
         bool.
     """
-    made_strategy = made_strategy or _strategies.get("multi-worker")
-    resolver = getattr(made_strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type or resolver.task_type == "chief":
+    if strategy_name != "multi-worker" or not os.environ.get("TF_CONFIG"):
         return True
-    return (resolver.task_type == "worker" and resolver.task_id == 0
-            and "chief" not in resolver.cluster_spec().as_dict())
+    try:
+        config = json.loads(os.environ["TF_CONFIG"])
+        task, cluster = config.get("task") or {}, config.get("cluster") or {}
+    except (ValueError, AttributeError):
+        raise ValueError(f"TF_CONFIG must be JSON with 'cluster' and 'task' {{'type', 'index'}}; "
+                         f"received {os.environ['TF_CONFIG']!r}") from None
+    return (not task or task.get("type") == "chief"
+            or (task.get("type") == "worker" and task.get("index") == 0 and "chief" not in cluster))
 
 
 def _mirrored(logical_devices):
@@ -838,9 +844,8 @@ def runtime_callbacks(args, plan):
 
     Put them after callbacks that add to the epoch logs (e.g.
     `LanguageModelProgress`), so that TensorBoard and the checkpoint see those.
-    Under `multi-worker` only the chief writes: the other workers restore
-    from the same checkpoint directory (it must be one every worker can read)
-    and write no TensorBoard files.
+    Under `multi-worker` every task restores from the same checkpoint
+    directory (one every worker can read), and only the chief writes there.
 
     Args:
         args: parsed flags from `recipe_flags.add_runtime_flags`.
@@ -850,10 +855,10 @@ def runtime_callbacks(args, plan):
         A list of `keras.callbacks.Callback`.
     """
     callbacks = []
-    if args.logdir and is_chief():
+    if args.logdir:
         callbacks.append(TensorBoard(args.logdir, plan))
     if args.checkpoint_dir:
-        callbacks.append(Checkpoint(args.checkpoint_dir, plan, write=is_chief()))
+        callbacks.append(Checkpoint(args.checkpoint_dir, plan, write=is_chief(plan.strategy)))
     return callbacks
 
 
@@ -908,7 +913,9 @@ class Checkpoint(keras.callbacks.Callback):
         plan: optional `TrainingPlan`, saved as `plan.json`.
         print_fn: where the "resumed" line goes.
         write: False for a multi-worker task other than the chief: it
-            restores from `directory` but never writes there.
+            restores from `directory` and saves like the chief (the save
+            may run collective ops that need every worker), into a scratch
+            directory it deletes.
 
     Attributes:
         initial_epoch: epochs already done according to the checkpoint (0 if none).
@@ -961,13 +968,15 @@ class Checkpoint(keras.callbacks.Callback):
             write_json_atomically(os.path.join(self.directory, "plan.json"), self.plan.to_dict())
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.write:
-            return
         try:  # a diverged model never replaces the last good checkpoint
             nonfinite.check_finite_weights(self.model)
         except FloatingPointError as error:
             self.print_fn(f"checkpoint of epoch {epoch + 1} not saved: {error}; {self.directory} keeps "
                           "the last good one")
+            return
+        if not self.write:
+            with tempfile.TemporaryDirectory() as scratch:
+                self.model.save_weights(os.path.join(scratch, "scratch.weights.h5"))
             return
         name = f"epoch-{epoch + 1:05d}.weights.h5"
         tmp = os.path.join(self.directory, f".tmp-{os.getpid()}-{name}")

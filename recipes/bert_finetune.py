@@ -193,6 +193,8 @@ def main(argv=None):
 
 
 def run(args):
+    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
+    batch_size = training.global_batch_size(args.batch_size, strategy)
     keras.utils.set_random_seed(args.seed)
     train, val = load_data(args)
     label_names = list(train.label_names)
@@ -212,17 +214,18 @@ def run(args):
         trainable = models.set_finetune_mode(model, args.mode, args.top_k if args.mode == "top-k" else None)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    steps = args.epochs * -(-len(train) // args.batch_size)
+    steps = args.epochs * -(-len(train) // batch_size)
     schedule = training.WarmupLinear(args.learning_rate, int(args.warmup_fraction * steps), steps)
-    training.compile_model(model, plan, optimizer=training.adamw(schedule, weight_decay=args.weight_decay),
-                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    with plan.scope():  # the optimizer's variables too belong to the strategy
+        training.compile_model(model, plan, optimizer=training.adamw(schedule, weight_decay=args.weight_decay),
+                               loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     start = "from scratch" if args.from_scratch else f"pretrained ({args.pretrained})"
     print(f"encoder: {start}; mode {args.mode}: {sum(int(np.prod(v.shape)) for v in model.trainable_weights):,d}"
           f" of {model.count_params():,d} parameters train ({', '.join(trainable)})")
 
-    train_ds = text.classification_dataset(train.texts, train.labels, preprocessor, args.batch_size, shuffle=True,
+    train_ds = text.classification_dataset(train.texts, train.labels, preprocessor, batch_size, shuffle=True,
                                            seed=args.seed)
-    val_ds = text.classification_dataset(val.texts, val.labels, preprocessor, args.batch_size)
+    val_ds = text.classification_dataset(val.texts, val.labels, preprocessor, batch_size)
     timer, guard = training.EpochTimer(), nonfinite.NonFiniteGuard()
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True,
                                          verbose=1)

@@ -131,6 +131,8 @@ def main(argv=None):
 
 
 def run(args):
+    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
+    batch_size = training.global_batch_size(args.batch_size, strategy)
     with recipe_flags.exit_on(OSError):
         os.makedirs(args.output_dir, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
@@ -146,9 +148,9 @@ def run(args):
           f"{len(first):,d} sentence pairs ({is_next.mean():.1%} true next)")
 
     order = np.random.default_rng(args.seed).permutation(len(first))
-    held = max(args.batch_size, round(len(first) * args.validation_fraction))
-    if len(first) - held < args.batch_size:
-        raise SystemExit(f"error: {len(first)} sentence pairs are too few for a batch of {args.batch_size} "
+    held = max(batch_size, round(len(first) * args.validation_fraction))
+    if len(first) - held < batch_size:
+        raise SystemExit(f"error: {len(first)} sentence pairs are too few for a batch of {batch_size} "
                          f"and a validation batch; give more text or a smaller --batch-size")
     pick = lambda items, idx: [items[i] for i in idx]  # noqa: E731
     val_idx, train_idx = order[:held], order[held:]
@@ -158,9 +160,9 @@ def run(args):
     preprocessor = text.BertPreprocessor(tokenizer, args.max_length, lower_case=not args.keep_case)
     print(f"vocabulary: {tokenizer.vocabulary_size} WordPiece tokens ({time.perf_counter() - start:.0f} s)")
     train_ds = text.pretraining_dataset(pick(first, train_idx), pick(second, train_idx), is_next[train_idx],
-                                        preprocessor, args.max_predictions, args.batch_size, seed=args.seed)
+                                        preprocessor, args.max_predictions, batch_size, seed=args.seed)
     val_ds = text.pretraining_dataset(pick(first, val_idx), pick(second, val_idx), is_next[val_idx],
-                                      preprocessor, args.max_predictions, args.batch_size, shuffle=False,
+                                      preprocessor, args.max_predictions, batch_size, shuffle=False,
                                       repeat=False)
 
     backbones = {}  # pretrainer -> its backbone, for each plan choose_plan builds
@@ -178,10 +180,10 @@ def run(args):
     backbone = backbones[pretrainer]
     print(f"backbone: {backbone.count_params():,d} parameters; pretrainer: {pretrainer.count_params():,d}")
 
-    progress, guard = Progress(args.log_every, args.batch_size * args.max_length, args.time_limit), \
+    progress, guard = Progress(args.log_every, batch_size * args.max_length, args.time_limit), \
         nonfinite.NonFiniteGuard()
     epochs = -(-args.max_steps // args.log_every)
-    validation_steps = min(20, (len(val_idx)) // args.batch_size)
+    validation_steps = min(20, (len(val_idx)) // batch_size)
     fit_start = time.perf_counter()
     with plan.scope():
         pretrainer.fit(train_ds, steps_per_epoch=args.log_every, epochs=epochs, validation_data=val_ds,

@@ -117,6 +117,8 @@ def main(argv=None):
 
 
 def run(args):
+    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
+    batch_size = training.global_batch_size(args.batch_size, strategy)
     keras.utils.set_random_seed(args.seed)
     os.makedirs(args.output_dir, exist_ok=True)
     if args.task:
@@ -127,9 +129,9 @@ def run(args):
     held_out = few_shot.split_rules(family, args.held_out_tasks, seed=args.seed)
     tasks = few_shot.held_out_tasks(family, sorted(held_out), num_queries=args.queries_per_task,
                                     num_demonstrations=max(32, 2 * max(args.shots)), seed=args.seed + 1)
-    texts, masks, _ = few_shot.episodes(family, args.batch_size * args.max_steps, args.examples_per_episode,
+    texts, masks, _ = few_shot.episodes(family, batch_size * args.max_steps, args.examples_per_episode,
                                         exclude=held_out, seed=args.seed + 2)
-    val_texts, val_masks, _ = few_shot.episodes(family, 4 * args.batch_size, args.examples_per_episode,
+    val_texts, val_masks, _ = few_shot.episodes(family, 4 * batch_size, args.examples_per_episode,
                                                 rules=sorted(held_out), seed=args.seed + 3)
     if args.copy_fraction:
         # Replace a share of the episodes by copying exercises over the same symbols, at random places.
@@ -146,10 +148,10 @@ def run(args):
           f"e.g. {texts[0][:40]!r}...")
 
     train_arrays = episode_arrays(tokenizer, texts, masks, max_length)
-    train_ds = batches(train_arrays, args.batch_size)
+    train_ds = batches(train_arrays, batch_size)
     # Loss estimates read their own streams (fresh training episodes, and episodes of the held-out rules).
-    train_eval_ds = batches(train_arrays, args.batch_size, shuffle_seed=args.seed)
-    val_ds = batches(episode_arrays(tokenizer, val_texts, val_masks, max_length), args.batch_size)
+    train_eval_ds = batches(train_arrays, batch_size, shuffle_seed=args.seed)
+    val_ds = batches(episode_arrays(tokenizer, val_texts, val_masks, max_length), batch_size)
 
     def build(plan):
         model = models.transformer_lm(tokenizer.vocabulary_size, max_length, args.d_model, args.num_heads,
@@ -162,7 +164,7 @@ def run(args):
     print(f"model: {model.count_params():,} parameters, context {max_length}")
     guard = nonfinite.NonFiniteGuard()
     progress = training.LanguageModelProgress(train_eval_ds, val_ds, args.eval_interval,
-                                              args.batch_size * max_length, eval_batches=4,
+                                              batch_size * max_length, eval_batches=4,
                                               total_steps=args.max_steps)
     runtime = training.runtime_callbacks(args, plan)
     done = next((c.initial_epoch for c in runtime if isinstance(c, training.Checkpoint)), 0)

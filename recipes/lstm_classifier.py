@@ -140,6 +140,8 @@ def main(argv=None):
 
 
 def run(args):
+    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
+    batch_size = training.global_batch_size(args.batch_size, strategy)
     keras.utils.set_random_seed(args.seed)
     with recipe_flags.exit_on(ValueError, FileNotFoundError):
         train, val = load_data(args)
@@ -177,8 +179,8 @@ def run(args):
         timer, guard = training.EpochTimer(), nonfinite.NonFiniteGuard()
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience,
                                              restore_best_weights=True, verbose=1)
-        val_ds = dataset(val, vectorizer, args.batch_size)
-        model.fit(dataset(train, vectorizer, args.batch_size, shuffle_seed=args.seed),
+        val_ds = dataset(val, vectorizer, batch_size)
+        model.fit(dataset(train, vectorizer, batch_size, shuffle_seed=args.seed),
                   validation_data=val_ds, epochs=args.epochs,
                   callbacks=[guard, stop, timer, *training.runtime_callbacks(args, plan)],
                   verbose=recipe_flags.fit_verbosity(args),

@@ -50,7 +50,7 @@ def main(argv=None):
 
 
 def run(args):
-    strategy = training.strategy_from_flags(args)
+    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
     batch_size = training.global_batch_size(args.batch_size, strategy)
     keras.utils.set_random_seed(args.seed)
     vocab = sorted(set(SAMPLE_TEXT))

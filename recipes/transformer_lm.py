@@ -117,6 +117,8 @@ def main(argv=None):
 
 
 def run(args):
+    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
+    batch_size = training.global_batch_size(args.batch_size, strategy)
     keras.utils.set_random_seed(args.seed)
     started = time.perf_counter()
     corpus = data.read_text(args.data) if args.data else data.sample_corpus()
@@ -137,9 +139,9 @@ def run(args):
         sample_tokens = recipe_flags.room_for_prompt(prompt_ids.size, args.sample_tokens, args.max_length)
 
     # Three streams of random windows: the one training reads, and fresh ones for the loss estimates.
-    train_ds = data.lm_dataset(train_ids, args.max_length, args.batch_size, seed=args.seed)
-    val_ds = data.lm_dataset(val_ids, args.max_length, args.batch_size, seed=args.seed + 1)
-    train_eval_ds = data.lm_dataset(train_ids, args.max_length, args.batch_size, seed=args.seed + 2)
+    train_ds = data.lm_dataset(train_ids, args.max_length, batch_size, seed=args.seed)
+    val_ds = data.lm_dataset(val_ids, args.max_length, batch_size, seed=args.seed + 1)
+    train_eval_ds = data.lm_dataset(train_ids, args.max_length, batch_size, seed=args.seed + 2)
 
     def build(plan):
         model = models.transformer_lm(tokenizer.vocabulary_size, args.max_length, args.d_model,
@@ -155,7 +157,7 @@ def run(args):
 
     guard = nonfinite.NonFiniteGuard()
     progress = training.LanguageModelProgress(train_eval_ds, val_ds, args.eval_interval,
-                                              args.batch_size * args.max_length, args.eval_batches,
+                                              batch_size * args.max_length, args.eval_batches,
                                               total_steps=args.max_steps)
     runtime = training.runtime_callbacks(args, plan)
     done = next((c.initial_epoch for c in runtime if isinstance(c, training.Checkpoint)), 0)

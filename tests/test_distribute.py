@@ -32,7 +32,7 @@ TRAIN_SCRIPT = textwrap.dedent('''
     from kerazoo import models, recipe_flags, training
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("--output")
+    parser.add_argument("--output-dir")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -54,9 +54,9 @@ TRAIN_SCRIPT = textwrap.dedent('''
         history = model.fit(ids[:, :-1], ids[:, 1:], batch_size=batch_size, epochs=args.epochs, verbose=0,
                             shuffle=False, callbacks=[Steps()])
     print("losses " + json.dumps(history.history["loss"]))
-    if args.output and training.is_chief():
-        training.save_keras_atomically(model, args.output)
-        print("saved " + args.output)
+    if args.output_dir:  # elsewhere than the chief, in scratch (see recipe_flags.parse_args)
+        training.save_keras_atomically(model, args.output_dir + "/model.keras")
+        print("saved " + args.output_dir)
 ''')
 
 # Per-step losses of one tiny LM under `mirrored` (2 logical CPUs) and on one device, same global batch.
@@ -146,7 +146,19 @@ def test_plans_under_strategies():
     [plan] = training.candidate_plans("auto", "auto", "multi-worker")  # one plan: workers must agree
     assert "not timed" in plan.reason
     assert training.TrainingPlan(**plan.to_dict()) == plan  # saved with a checkpoint, read back
-    assert training.is_chief() and training.global_batch_size(16, training.strategy("default")) == 16
+    assert training.global_batch_size(16, training.strategy("default")) == 16
+
+
+@pytest.mark.parametrize("config, chief", [
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, True),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, False),
+    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}, False),
+    ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}, True),
+])
+def test_is_chief_follows_tf_config(monkeypatch, config, chief):
+    monkeypatch.setenv("TF_CONFIG", json.dumps(config))
+    assert training.is_chief("multi-worker") is chief
+    assert training.is_chief("mirrored") is True
 
 
 def test_launch_gives_each_worker_its_tf_config_and_prefixes_output(capsys):
@@ -177,18 +189,21 @@ def test_launch_stops_every_worker_when_one_fails(capsys):
 def test_two_workers_train_in_sync_and_the_chief_writes_the_model(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT)
-    output = tmp_path / "model.keras"
+    output = tmp_path / "out"
     result = _run([sys.executable, "-m", "kerazoo.cli", "launch", "--workers", "2", str(script),
-                   "--strategy", "multi-worker", "--batch-size", "2", "--output", str(output)])
+                   "--strategy", "multi-worker", "--batch-size", "2", "--output-dir", str(output)])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "launch: all 2 workers finished" in out
     assert "[worker 0] batch: 2 per replica x 2 replicas = global batch 4" in out
     losses = {w: re.search(rf"\[worker {w}\] losses (.*)", out).group(1) for w in (0, 1)}
     assert losses[0] == losses[1]  # one synchronous computation
-    assert f"[worker 0] saved {output}" in out and "[worker 1] saved" not in out
+    assert f"[worker 0] saved {output}" in out
+    scratch = re.search(r"\[worker 1\] saved (.*)", out).group(1)
+    assert "kerazoo-worker-" in scratch and not os.path.exists(scratch)  # removed at exit
     assert "[worker 1] strategy: multi-worker" in out and "not the chief" in out
-    assert keras.models.load_model(output).count_params() > 0
+    assert os.listdir(output) == ["model.keras"]
+    assert keras.models.load_model(output / "model.keras").count_params() > 0
 
 
 def test_a_killed_worker_makes_the_launch_fail_with_no_process_left(tmp_path):
@@ -229,3 +244,51 @@ def _alive(pid):
     except ProcessLookupError:
         return False
     return True
+
+
+def test_runtime_flags_point_other_workers_outputs_into_scratch(monkeypatch, tmp_path):
+    import argparse
+
+    from kerazoo import recipe_flags
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output-dir")
+    recipe_flags.add_export_flags(parser, "m")
+    recipe_flags.add_runtime_flags(parser)
+    argv = ["--strategy", "multi-worker", "--export-dir", str(tmp_path), "--output-dir", str(tmp_path),
+            "--logdir", str(tmp_path / "logs")]
+    cluster = {"worker": ["localhost:1", "localhost:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    chief = recipe_flags.parse_args(parser, argv, lambda args: None)
+    assert (chief.export_dir, chief.output_dir, chief.logdir) == (str(tmp_path), str(tmp_path), str(tmp_path / "logs"))
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    other = recipe_flags.parse_args(parser, argv, lambda args: None)
+    for path in (other.export_dir, other.output_dir, other.logdir):
+        assert "kerazoo-worker-" in path and not path.startswith(str(tmp_path))
+    assert other.checkpoint_dir is None  # a checkpoint directory is read by every worker: never redirected
+    with pytest.raises(SystemExit):
+        recipe_flags.parse_args(parser, ["--logical-devices", "0"], lambda args: None)
+
+
+@pytest.mark.slow
+def test_lm_recipe_gives_the_same_losses_under_every_strategy(tmp_path):
+    recipe = [str(ROOT / "recipes" / "transformer_lm.py"), "--d-model", "32", "--num-heads", "2", "--num-layers",
+              "1", "--ff-dim", "64", "--max-length", "32", "--max-steps", "20", "--warmup-steps", "5",
+              "--eval-interval", "10", "--eval-batches", "2", "--sample-tokens", "5", "--precision", "float32",
+              "--jit-compile", "off"]
+    runs = {"default": [sys.executable, *recipe, "--batch-size", "8", "--export-dir", str(tmp_path / "d")],
+            "mirrored": [sys.executable, *recipe, "--batch-size", "4", "--strategy", "mirrored",
+                         "--export-dir", str(tmp_path / "m")],
+            "multi-worker": [sys.executable, "-m", "kerazoo.cli", "launch", "--workers", "2", *recipe,
+                             "--batch-size", "4", "--strategy", "multi-worker", "--export-dir", str(tmp_path / "w")]}
+    losses = {}
+    for name, command in runs.items():
+        result = _run(command, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        losses[name] = [float(v) for v in re.findall(r"^(?:\[worker 0\] )?step +\d+: .*val loss ([\d.]+)",
+                                                      result.stdout, re.MULTILINE)]
+    assert len(losses["default"]) == 3
+    np.testing.assert_allclose(losses["mirrored"], losses["default"], atol=2e-4)
+    np.testing.assert_allclose(losses["multi-worker"], losses["default"], atol=2e-4)
+    for folder in "dmw":
+        assert (tmp_path / folder / "transformer_lm" / "1" / "saved_model.pb").exists()
