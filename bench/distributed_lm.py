@@ -80,7 +80,7 @@ def main():
         print(f"{name:28s} {loss:9.4f} {speed:9,.0f} {speed / peer:17.2f}x")
 
     seconds = allreduce_seconds(parameters, args.timeout)
-    print(f"\nall-reduce between 2 workers pinned to one core each (loopback gRPC), medians of 20:")
+    print("\nall-reduce between 2 workers pinned to one core each (loopback gRPC), medians of 20:")
     print(f"  1 float: {seconds['latency'] * 1e3:.2f} ms; {parameters:,} floats ({parameters * 4 / 1e6:.1f} MB, "
           f"the gradients): {seconds['full'] * 1e3:.1f} ms")
     extrapolate(parameters, seconds, statistics.median(

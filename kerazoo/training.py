@@ -512,8 +512,41 @@ def adamw(learning_rate=1e-3, weight_decay=0.1, beta_1=0.9, beta_2=0.99, global_
     Returns:
         A `keras.optimizers.AdamW`.
     """
-    return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay,
-                                  beta_1=beta_1, beta_2=beta_2, global_clipnorm=global_clipnorm)
+    # Under a strategy, Keras clips each replica's share before the all-reduce:
+    # not the gradient one device would clip. ReplicatedAdamW clips the sum.
+    replicated = tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
+    return (ReplicatedAdamW if replicated else keras.optimizers.AdamW)(
+        learning_rate=learning_rate, weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2,
+        global_clipnorm=global_clipnorm)
+
+
+@keras.saving.register_keras_serializable(package="kerazoo")
+class ReplicatedAdamW(keras.optimizers.AdamW):
+    """AdamW for several replicas: gradients are clipped after the all-reduce, as one device would clip them.
+
+    Keras's optimizers clip (`global_clipnorm`, `clipnorm`, `clipvalue`) each
+    replica's gradients before they are summed across replicas; each share
+    is 1/replicas of a different gradient, so the clipped sum differs from
+    the clipped full-batch gradient whenever clipping is active. This one
+    sums first, then clips: the same update as one device on the global
+    batch (tested). `adamw()` returns it when built under a strategy with
+    more than one replica; with one replica it is plain AdamW.
+    """
+
+    def _clip_gradients(self, grads):
+        return grads if _replicated() else super()._clip_gradients(grads)
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        reduced = super()._all_reduce_sum_gradients(grads_and_vars)
+        if not _replicated() or not reduced:
+            return reduced
+        grads, variables = zip(*reduced)
+        return list(zip(super()._clip_gradients(list(grads)), variables))
+
+
+def _replicated():
+    context = tf.distribute.get_replica_context()
+    return context is not None and context.num_replicas_in_sync > 1
 
 
 def warmup_cosine(learning_rate, warmup_steps, total_steps, min_learning_rate=0.0):
@@ -759,16 +792,26 @@ def is_chief(strategy_name="multi-worker"):
     Returns:
         bool.
     """
-    if strategy_name != "multi-worker" or not os.environ.get("TF_CONFIG"):
+    config = _tf_config() if strategy_name == "multi-worker" else None
+    if config is None:
         return True
+    cluster, task = config
+    return task["type"] == "chief" or (task["type"] == "worker" and task["index"] == 0 and "chief" not in cluster)
+
+
+def _tf_config():
+    """`(cluster, task)` from TF_CONFIG, None when it is not set; a malformed one is a ValueError."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
     try:
-        config = json.loads(os.environ["TF_CONFIG"])
-        task, cluster = config.get("task") or {}, config.get("cluster") or {}
-    except (ValueError, AttributeError):
+        parsed = json.loads(raw)
+        cluster, task = parsed["cluster"], parsed["task"]
+        task["type"], task["index"]
+    except (ValueError, KeyError, TypeError):
         raise ValueError(f"TF_CONFIG must be JSON with 'cluster' and 'task' {{'type', 'index'}}; "
-                         f"received {os.environ['TF_CONFIG']!r}") from None
-    return (not task or task.get("type") == "chief"
-            or (task.get("type") == "worker" and task.get("index") == 0 and "chief" not in cluster))
+                         f"received {raw!r}") from None
+    return cluster, task
 
 
 def _mirrored(logical_devices):
@@ -792,17 +835,10 @@ def _mirrored(logical_devices):
 
 
 def _multi_worker():
-    config = os.environ.get("TF_CONFIG")
-    if not config:
+    if _tf_config() is None:
         raise ValueError("--strategy multi-worker reads its cluster from the TF_CONFIG environment variable, "
                          "which is not set: start the workers with `kerazoo launch --workers N SCRIPT ...` "
                          "(one machine) or set TF_CONFIG on each machine (README: distributed training)")
-    try:
-        parsed = json.loads(config)
-        parsed["cluster"], parsed["task"]["type"], parsed["task"]["index"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"TF_CONFIG must be JSON with 'cluster' and 'task' {{'type', 'index'}}; "
-                         f"received {config!r}") from None
     try:
         return _MultiWorkerMirroredStrategy()
     except RuntimeError as error:
