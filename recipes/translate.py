@@ -140,6 +140,8 @@ def main(argv=None):
 
 
 def run(args):
+    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
+    batch_size = training.global_batch_size(args.batch_size, strategy)
     keras.utils.set_random_seed(args.seed)
     with recipe_flags.exit_on(ValueError, FileNotFoundError):
         sources, targets = (data.read_pairs(args.data, args.source_column, args.target_column) if args.data
@@ -162,9 +164,9 @@ def run(args):
     print(f"WordPiece: source {source_tokenizer.vocabulary_size:,} / target {target_tokenizer.vocabulary_size:,} "
           f"tokens ({time.perf_counter() - started:.0f}s)")
 
-    train_ds = data.pairs_dataset(train_ids, args.batch_size, seed=args.seed)
+    train_ds = data.pairs_dataset(train_ids, batch_size, seed=args.seed)
     val_ds = data.pairs_dataset(val_ids, 256, shuffle=False)
-    steps = args.epochs * -(-len(train) // args.batch_size)
+    steps = args.epochs * -(-len(train) // batch_size)
 
     def build(plan):
         if args.model == "transformer":

@@ -82,18 +82,18 @@ def write_projector_files(vectors, words, vectors_path, metadata_path):
         os.replace(tmp, path)
 
 
-def train(args, sentences):
-    """Vocabulary, model and training; returns `(model, words, seconds)`."""
+def train(args, sentences, batch_size):
+    """Vocabulary, model and training at the global `batch_size`; returns `(model, words, seconds)`."""
     words, counts = data.build_vocabulary(sentences, args.min_count, args.max_vocab)
     ids, sentence_of = data.encode_words(sentences, words)
     print(f"vocabulary: {len(words):,} words (min count {args.min_count}); {ids.size:,} tokens in "
           f"{len(sentences):,} sentences")
     dataset = data.skipgram_dataset(ids, sentence_of, counts, args.window, args.negatives, args.sample,
-                                    args.batch_size, args.seed)
+                                    batch_size, args.seed)
     # Steps per epoch vary with the random windows; the expected count sizes the linear decay.
     keep = data.keep_probabilities(counts, args.sample)
     expected_pairs = (keep[ids].sum()) * (args.window + 1)
-    total_steps = max(2, int(args.epochs * expected_pairs / args.batch_size))
+    total_steps = max(2, int(args.epochs * expected_pairs / batch_size))
     schedule = keras.optimizers.schedules.PolynomialDecay(args.learning_rate, total_steps,
                                                           args.learning_rate * 1e-3)
 
@@ -126,6 +126,7 @@ def main(argv=None):
 
 
 def run(args):
+    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
     keras.utils.set_random_seed(args.seed)
     with recipe_flags.exit_on(ValueError, FileNotFoundError):
         corpus = data.read_text(args.data) if args.data else data.sample_corpus()
@@ -135,7 +136,7 @@ def run(args):
         args.batch_size = 128 if args.batch_size == 4096 else args.batch_size
     sentences = data.tokenize_words(corpus.splitlines())
     with recipe_flags.exit_on(ValueError):
-        model, words, seconds = train(args, sentences)
+        model, words, seconds = train(args, sentences, training.global_batch_size(args.batch_size, strategy))
     vectors = model.get_layer("target_embedding").embeddings.numpy()
     print(f"done: {args.epochs} epochs in {seconds:.1f}s")
 
