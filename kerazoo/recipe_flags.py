@@ -33,7 +33,7 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Flags naming directories a recipe writes. Under multi-worker every worker
 # saves (reading or creating mirrored variables can be a collective op that
 # needs them all), and each task other than the chief writes into scratch.
-OUTPUT_FLAGS = ("export_dir", "output_dir", "logdir")
+OUTPUT_FLAGS = ("export_dir", "output_dir", "out_dir", "logdir")
 
 
 def parse_args(parser, argv, check):

@@ -156,9 +156,12 @@ def run_method(args, method, print_fn=print):
     Returns:
         A dict with the `COLUMNS` (and the full model's size, `model_bytes`).
     """
+    strategy = training.strategy_from_flags(args)  # each method has its own process: this comes first
+    batch_size = training.global_batch_size(args.batch_size, strategy)
     keras.utils.set_random_seed(args.seed)
     train, val = bert_finetune.load_data(args, print_fn=lambda line: None)
-    plan = training.select_plan(args.precision, {"on": True, "off": False, "auto": "auto"}[args.jit_compile])
+    plan = training.select_plan(args.precision, {"on": True, "off": False, "auto": "auto"}[args.jit_compile],
+                                args.strategy)
     backbone, tokenizer, lower_case = bert_finetune.load_encoder(args, train.texts, plan)
     preprocessor = text.BertPreprocessor(tokenizer, args.max_length or backbone.get_layer("embedding").max_length,
                                          lower_case=lower_case)
@@ -167,21 +170,22 @@ def run_method(args, method, print_fn=print):
         model, rate_flag = prepare(classifier, method)
     report = finetune.trainable_report(model, print_fn=None)
     schedule = training.WarmupLinear(getattr(args, rate_flag), int(args.warmup_fraction * args.steps), args.steps)
-    optimizer = training.adamw(schedule, weight_decay=args.weight_decay)
     adversarial = parse_method(method)[2]
     trained = model
-    if adversarial:
-        trained = finetune.AdversarialModel(model, epsilon=args.epsilon,
-                                            pgd_steps=args.pgd_steps if adversarial == "pgd" else 1)
-    training.compile_model(trained, plan, optimizer=optimizer, loss="sparse_categorical_crossentropy")
-    train_ds = text.classification_dataset(train.texts, train.labels, preprocessor, args.batch_size, shuffle=True,
+    with plan.scope():  # the optimizer's variables too belong to the strategy
+        optimizer = training.adamw(schedule, weight_decay=args.weight_decay)
+        if adversarial:
+            trained = finetune.AdversarialModel(model, epsilon=args.epsilon,
+                                                pgd_steps=args.pgd_steps if adversarial == "pgd" else 1)
+        training.compile_model(trained, plan, optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    train_ds = text.classification_dataset(train.texts, train.labels, preprocessor, batch_size, shuffle=True,
                                            seed=args.seed).repeat()
     timer = StepTimer()
     with plan.scope():
         trained.fit(train_ds, steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=[timer], shuffle=False)
 
     def score(texts):
-        ds = text.classification_dataset(texts, val.labels, preprocessor, args.batch_size)
+        ds = text.classification_dataset(texts, val.labels, preprocessor, batch_size)
         return evaluation.classification_report(val.labels, model.predict(ds, verbose=0).argmax(-1),
                                                 train.label_names)
 
