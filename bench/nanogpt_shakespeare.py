@@ -17,6 +17,7 @@ virtual environment with PyTorch's CPU build (its prepare.py downloads input.txt
     python bench/nanogpt_shakespeare.py --data ../shared/data/tinyshakespeare/input.txt \\
         --nanogpt-dir /tmp/nanogpt --nanogpt-python /tmp/bench-venv/bin/python
 
+Like nanoGPT's train.py, the recipe only trains and evaluates here (`--sample-tokens 0 --no-export`).
 Without --nanogpt-dir only kerazoo runs. Each kerazoo run starts with an empty plan cache, so the
 automatic plan's timing of candidates is included in its wall time (--plan-cache reuses one).
 """
@@ -42,7 +43,7 @@ def kerazoo_command(args):
             "--num-layers", "4", "--ff-dim", "512", "--dropout", "0", "--batch-size", "12",
             "--max-steps", str(args.steps), "--learning-rate", "1e-3", "--min-learning-rate", "1e-4",
             "--warmup-steps", "100", "--weight-decay", "0.1", "--grad-clip", "1.0", "--eval-interval", "250",
-            "--eval-batches", "20", "--precision", args.precision, "--sample-tokens", "60", "--no-export"]
+            "--eval-batches", "20", "--precision", args.precision, "--sample-tokens", "0", "--no-export"]
 
 
 def run(name, command, cwd, env, pattern):

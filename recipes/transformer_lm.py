@@ -60,7 +60,8 @@ def parse_args(argv=None):
     fit.add_argument("--seed", type=int, default=0, help="(default: 0)")
     out = parser.add_argument_group("output")
     out.add_argument("--prompt", default="The ", help="prompt for the samples printed at the end")
-    out.add_argument("--sample-tokens", type=int, default=200, help="tokens per sample (default: 200)")
+    out.add_argument("--sample-tokens", type=int, default=200,
+                     help="tokens per sample after training; 0: no samples (default: 200)")
     out.add_argument("--top-k", type=int,
                      help="the second sample draws from the K most likely tokens; at most the "
                           "vocabulary size (default: 10, or the vocabulary size if smaller)")
@@ -76,7 +77,8 @@ def parse_args(argv=None):
 def check_flags(args):
     """Everything the flags alone decide, checked before any data is read (see `kerazoo.recipe_flags`)."""
     recipe_flags.positive(args, "vocab_size", "max_length", "d_model", "num_heads", "num_layers", "ff_dim",
-                          "batch_size", "max_steps", "eval_interval", "eval_batches", "sample_tokens")
+                          "batch_size", "max_steps", "eval_interval", "eval_batches")
+    recipe_flags.in_range(args, "sample_tokens", low=0)
     if args.top_k is not None:
         recipe_flags.positive(args, "top_k")
     recipe_flags.in_range(args, "validation_fraction", 0, 1, low_open=True, high_open=True)
@@ -174,7 +176,8 @@ def run(args):
           f"(perplexity {np.exp(final['val_loss']):.2f}), {time.perf_counter() - started:.1f}s in total, "
           f"fit {time.perf_counter() - fit_started:.1f}s")
 
-    for strategy, options in (("greedy", {}), ("top_k", dict(top_k=top_k, seed=args.seed))):
+    samples = (("greedy", {}), ("top_k", dict(top_k=top_k, seed=args.seed))) if sample_tokens else ()
+    for strategy, options in samples:
         ids = generation.generate(model, [prompt_ids], sample_tokens, strategy, **options)
         print(f"--- sample ({strategy}) ---\n{tokenizer.detokenize(ids).numpy()[0].decode('utf-8', 'replace')}")
 
