@@ -41,10 +41,11 @@ def parse_args(argv=None):
                        help="sub-sampling threshold of frequent words, 0 = off (default: 1e-3)")
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=int, default=5, help="(default: 5)")
-    fit.add_argument("--batch-size", type=int, default=4096,
-                     help="pairs per step (default: 4096; 128 for the sample)")
-    fit.add_argument("--learning-rate", type=float, default=0.01,
-                     help="Adam, decayed linearly to 0 like word2vec's (default: 0.01)")
+    fit.add_argument("--batch-size", type=int, default=1024,
+                     help="pairs per step (default: 1024; 128 for the sample)")
+    fit.add_argument("--learning-rate", type=float, default=0.025,
+                     help="word2vec's SGD rate, decayed linearly to 1/250 of it (word2vec's 0.025 -> "
+                          "0.0001) (default: 0.025)")
     fit.add_argument("--seed", type=int, default=0, help="(default: 0)")
     out = parser.add_argument_group("evaluation and output")
     out.add_argument("--analogies", metavar="PATH",
@@ -95,11 +96,11 @@ def train(args, sentences, batch_size):
     expected_pairs = (keep[ids].sum()) * (args.window + 1)
     total_steps = max(2, int(args.epochs * expected_pairs / batch_size))
     schedule = keras.optimizers.schedules.PolynomialDecay(args.learning_rate, total_steps,
-                                                          args.learning_rate * 1e-3)
+                                                          args.learning_rate / 250)
 
     def build(plan):
-        model = models.word2vec(len(words), args.embedding_dim)
-        return training.compile_model(model, plan, optimizer=keras.optimizers.Adam(schedule),
+        model = models.word2vec(len(words), args.embedding_dim)  # SGD: word2vec's sparse update
+        return training.compile_model(model, plan, optimizer=keras.optimizers.SGD(schedule),
                                       loss=keras.losses.BinaryCrossentropy(from_logits=True))
 
     plan, model = training.plan_from_flags(args, build, dataset.take(1).get_single_element())
@@ -133,7 +134,7 @@ def run(args):
         questions = models.read_analogies(args.analogies) if args.analogies else None
     if not args.data:  # the 5 KB sample has few repeated words and few pairs
         args.min_count = 2 if args.min_count == 5 else args.min_count
-        args.batch_size = 128 if args.batch_size == 4096 else args.batch_size
+        args.batch_size = 128 if args.batch_size == 1024 else args.batch_size
     sentences = data.tokenize_words(corpus.splitlines())
     with recipe_flags.exit_on(ValueError):
         model, words, seconds = train(args, sentences, training.global_batch_size(args.batch_size, strategy))

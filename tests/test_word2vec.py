@@ -78,7 +78,11 @@ def test_dataset_candidates_are_the_context_then_unigram_075_negatives():
     np.testing.assert_allclose(share, data.negative_distribution(counts), atol=0.01)
 
 
-def test_planted_pairs_become_nearest_neighbours():
+@pytest.mark.parametrize("optimizer", [
+    lambda: keras.optimizers.SGD(0.025),  # word2vec's rate; the sparse word2vec update
+    lambda: keras.optimizers.Adam(0.02),  # Keras's own train step, dense gradients
+], ids=["sgd", "adam"])
+def test_planted_pairs_become_nearest_neighbours(optimizer):
     # p_i and q_i occur in the same company (between a_i and b_i), never together: word2vec
     # gives words with the same contexts close vectors.
     rng = np.random.default_rng(0)
@@ -95,8 +99,7 @@ def test_planted_pairs_become_nearest_neighbours():
     keras.utils.set_random_seed(0)
     model = models.word2vec(len(words), 16)
     training.compile_model(model, training.select_plan("float32", jit_compile=True),
-                           optimizer=keras.optimizers.Adam(0.02),
-                           loss=keras.losses.BinaryCrossentropy(from_logits=True))
+                           optimizer=optimizer(), loss=keras.losses.BinaryCrossentropy(from_logits=True))
     model.fit(data.skipgram_dataset(ids, sentence_of, counts, window=1, num_negatives=5, sample=0,
                                     batch_size=512), epochs=3, verbose=0)
     vectors = model.get_layer("target_embedding").embeddings.numpy()
@@ -179,3 +182,43 @@ def test_word2vec_model_scores_are_dot_products(rng):
     c = model.get_layer("context_embedding").embeddings.numpy()[candidates]
     np.testing.assert_allclose(model([targets, candidates]), np.einsum("bd,bnd->bn", t, c), rtol=1e-5)
     assert collections.Counter(type(layer).__name__ for layer in model.layers)["Embedding"] == 2
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_sgd_train_step_is_word2vecs_sparse_update(rng, jit_compile):
+    vocab, dim, rate = 7, 3, 0.1
+    model = models.word2vec(vocab, dim)
+    target_table, context_table = rng.normal(size=(2, vocab, dim)).astype("float32")
+    model.get_layer("target_embedding").embeddings.assign(target_table)
+    model.get_layer("context_embedding").embeddings.assign(context_table)
+    model.compile(optimizer=keras.optimizers.SGD(rate), loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                  jit_compile=jit_compile)
+    targets = np.array([0, 2, 2, 5], "int32")  # repeated rows get the sum of their updates
+    candidates = np.array([[1, 3, 3], [0, 6, 2], [4, 2, 1], [5, 1, 0]], "int32")
+    labels = np.tile(np.array([1.0, 0.0, 0.0], "float32"), (4, 1))
+    loss = model.train_on_batch((targets, candidates), labels, return_dict=True)["loss"]
+    # word2vec.c's step for every (target, candidate) pair, from the vectors before the step.
+    t, c = target_table[targets], context_table[candidates]
+    logits = np.einsum("bd,bkd->bk", t, c)
+    sigmoid = 1 / (1 + np.exp(-logits))
+    error = rate * (sigmoid - labels)
+    expected_targets, expected_contexts = target_table.copy(), context_table.copy()
+    np.add.at(expected_targets, targets, -np.einsum("bk,bkd->bd", error, c))
+    np.add.at(expected_contexts, candidates.ravel(), -(error[:, :, None] * t[:, None, :]).reshape(-1, dim))
+    np.testing.assert_allclose(model.get_layer("target_embedding").embeddings.numpy(), expected_targets,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.get_layer("context_embedding").embeddings.numpy(), expected_contexts,
+                               rtol=1e-5, atol=1e-6)
+    bce = -(labels * np.log(sigmoid) + (1 - labels) * np.log(1 - sigmoid))
+    assert loss == pytest.approx(bce.mean(), rel=1e-5)
+    assert int(model.optimizer.iterations.numpy()) == 1
+
+
+def test_skipgram_model_reloads_from_keras_file(tmp_path, rng):
+    model = models.word2vec(20, 4, name="vectors")
+    model.get_layer("context_embedding").embeddings.assign(rng.normal(size=(20, 4)).astype("float32"))
+    model.save(tmp_path / "w.keras")
+    loaded = keras.models.load_model(tmp_path / "w.keras")
+    assert isinstance(loaded, models.SkipGram) and loaded.name == "vectors"
+    batch = [np.array([1, 2], "int32"), np.array([[3, 4], [5, 6]], "int32")]
+    np.testing.assert_allclose(loaded(batch), model(batch), rtol=1e-6)

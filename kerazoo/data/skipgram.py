@@ -4,12 +4,13 @@ Each epoch draws afresh, as word2vec and gensim do: frequent words are
 dropped with the sub-sampling probability, each kept word gets a window
 width uniform in [1, window], every (word, neighbour) pair inside it is a
 positive example, and `num_negatives` words drawn from the unigram
-distribution raised to 0.75 are its negatives. All of it is vectorised numpy
+distribution raised to 0.75 are its negatives. The pairs are vectorised numpy
 over the whole corpus (one array op per window offset), not a Python loop
-over words.
+over words; batches and their negatives are cut and drawn in TensorFlow.
 """
 
 import collections
+import concurrent.futures
 import re
 
 import numpy as np
@@ -135,37 +136,56 @@ def skipgram_dataset(ids, sentence_of, counts, window=5, num_negatives=5, sample
     Each element is `((targets (batch,), candidates (batch, 1 + num_negatives)),
     labels (batch, 1 + num_negatives))`: the first candidate is the true
     context (label 1), the others negatives (label 0) from
-    `negative_distribution(counts)`. Pairs are shuffled within the epoch.
+    `negative_distribution(counts)`. Per epoch, the pairs are made by
+    `skipgram_pairs` (numpy, vectorised over the corpus) and shuffled; the
+    batches are slices of those arrays, and each batch's negatives are drawn
+    in TensorFlow (a stateless uniform draw seeded by epoch and batch, then a
+    search of the cumulative distribution), so tf.data's threads do the
+    per-batch work, not Python.
 
     Args:
         ids, sentence_of: from `encode_words`.
         counts: word counts (`build_vocabulary`).
         window, num_negatives, sample: word2vec's settings.
-        batch_size: pairs per batch.
+        batch_size: pairs per batch (the epoch's last batch may be smaller).
         seed: the first epoch's seed; epoch k uses seed + k.
 
     Returns:
         The dataset (iterate it once per epoch).
     """
     keep = keep_probabilities(counts, sample)
-    cumulative = np.cumsum(negative_distribution(counts))
+    cumulative = tf.constant(np.cumsum(negative_distribution(counts)))
+    labels = tf.constant(np.eye(1, 1 + num_negatives, dtype=np.float32).repeat(batch_size, axis=0))
     epoch = [seed]
+    # The next epoch's pairs are drawn on a background thread while this one trains (numpy
+    # releases the GIL in its array loops), so an epoch does not start by waiting for them.
+    background, drawn = concurrent.futures.ThreadPoolExecutor(1), {}
 
-    def batches():
-        rng = np.random.default_rng(epoch[0])
-        epoch[0] += 1
+    def draw(epoch_seed):
+        rng = np.random.default_rng(epoch_seed)
         targets, contexts = skipgram_pairs(ids, sentence_of, window, rng, keep)
         order = rng.permutation(len(targets))
-        targets, contexts = targets[order], contexts[order]
-        labels = np.zeros((batch_size, 1 + num_negatives), np.float32)
-        labels[:, 0] = 1.0
-        for start in range(0, len(targets), batch_size):
-            target = targets[start:start + batch_size]
-            negatives = np.searchsorted(cumulative, rng.random((len(target), num_negatives)) * cumulative[-1])
-            negatives = np.minimum(negatives, len(cumulative) - 1).astype(np.int32)
-            candidates = np.concatenate([contexts[start:start + batch_size, None], negatives], axis=1)
-            yield (target, candidates), labels[:len(target)]
+        return epoch_seed, targets[order], contexts[order]
 
-    signature = ((tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, 1 + num_negatives], tf.int32)),
-                 tf.TensorSpec([None, 1 + num_negatives], tf.float32))
-    return prefetched(tf.data.Dataset.from_generator(batches, output_signature=signature), 4)
+    def pairs():
+        current = epoch[0]
+        epoch[0] += 1
+        pending = drawn.pop(current, None) or background.submit(draw, current)
+        drawn[current + 1] = background.submit(draw, current + 1)
+        yield pending.result()
+
+    def batch(epoch_seed, targets, contexts, start):
+        target, context = targets[start:start + batch_size], contexts[start:start + batch_size]
+        size = tf.shape(target)[0]
+        uniform = tf.random.stateless_uniform([size * num_negatives], tf.stack([epoch_seed, start]),
+                                              dtype=tf.float64) * cumulative[-1]
+        negatives = tf.minimum(tf.searchsorted(cumulative, uniform), len(counts) - 1)
+        negatives = tf.reshape(tf.cast(negatives, tf.int32), (size, num_negatives))
+        return (target, tf.concat([context[:, None], negatives], axis=1)), labels[:size]
+
+    def batches(epoch_seed, targets, contexts):
+        starts = tf.data.Dataset.range(0, tf.size(targets, out_type=tf.int64), batch_size)
+        return starts.map(lambda start: batch(epoch_seed, targets, contexts, start))
+
+    signature = (tf.TensorSpec([], tf.int64), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32))
+    return prefetched(tf.data.Dataset.from_generator(pairs, output_signature=signature).flat_map(batches), 4)

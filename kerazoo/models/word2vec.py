@@ -2,18 +2,20 @@
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 
 def word2vec(vocab_size, embedding_dim=100, name="word2vec"):
-    """Builds a skip-gram negative-sampling model.
+    """Builds a skip-gram negative-sampling model (a `SkipGram`).
 
     Every word has two vectors: a target embedding (the word vector one keeps,
     layer "target_embedding") and a context embedding. The score of a (target,
     candidate) pair is their dot product; training pushes sigmoid(score) to 1
-    for the true context and to 0 for the sampled negatives (train with
-    binary cross-entropy on logits, e.g. on `data.skipgram_dataset`). The
-    context table starts at zero and the target table uniform in
-    ±0.5/embedding_dim, as in word2vec.c.
+    for the true context and to 0 for the sampled negatives (binary
+    cross-entropy on logits, e.g. on `data.skipgram_dataset`). The context
+    table starts at zero and the target table uniform in ±0.5/embedding_dim,
+    as in word2vec.c. Compiled with plain `keras.optimizers.SGD` it trains
+    with word2vec's own sparse update (see `SkipGram`).
 
     Args:
         vocab_size: number of words.
@@ -21,7 +23,7 @@ def word2vec(vocab_size, embedding_dim=100, name="word2vec"):
         name: model name.
 
     Returns:
-        A `keras.Model` from `[targets (batch,), candidates (batch, 1 + negatives)]`
+        A `SkipGram` model from `[targets (batch,), candidates (batch, 1 + negatives)]`
         int32 ids to `(batch, 1 + negatives)` float32 logits.
 
     Example:
@@ -30,20 +32,76 @@ def word2vec(vocab_size, embedding_dim=100, name="word2vec"):
     >>> tuple(model([keras.ops.ones((4,), "int32"), keras.ops.ones((4, 6), "int32")]).shape)
     (4, 6)
     """
-    for arg, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{arg}` must be a positive integer; received {arg}={value!r}.")
-    targets = keras.Input(shape=(), dtype="int32", name="targets")
-    candidates = keras.Input(shape=(None,), dtype="int32", name="candidates")
-    bound = 0.5 / embedding_dim
-    target_vectors = keras.layers.Embedding(
-        vocab_size, embedding_dim, embeddings_initializer=keras.initializers.RandomUniform(-bound, bound),
-        name="target_embedding")(targets)
-    candidate_vectors = keras.layers.Embedding(vocab_size, embedding_dim, embeddings_initializer="zeros",
-                                               name="context_embedding")(candidates)
-    logits = keras.layers.Dot(axes=(1, 2), name="dots")([target_vectors, candidate_vectors])
-    logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
-    return keras.Model([targets, candidates], logits, name=name)
+    return SkipGram(vocab_size, embedding_dim, name=name)
+
+
+@keras.saving.register_keras_serializable(package="kerazoo")
+class SkipGram(keras.Model):
+    """word2vec's skip-gram with negative sampling, trained with sparse SGD updates when compiled with SGD.
+
+    A functional model (built by `word2vec`). Compiled with
+    `keras.optimizers.SGD` without momentum, its `train_step` is word2vec.c's
+    update: for each (target, candidate) pair, with `g = sigmoid(t·c) - label`,
+    `t -= lr * g * c` and `c -= lr * g * t` (summed over the batch, not
+    averaged: a batch is many word2vec steps at once). Only the rows a batch
+    touches are read and written (gathers and scatters), so a step costs
+    O(batch * candidates * dim), not O(vocabulary * dim) as a dense gradient and
+    a dense optimizer update would. The learning rate is the optimizer's
+    (a schedule decays it per step, as word2vec's linear decay); the reported
+    loss is the compiled loss (mean binary cross-entropy). With any other
+    optimizer the usual Keras `train_step` (dense gradients) is used.
+
+    Args:
+        vocab_size: number of words.
+        embedding_dim: vector size.
+        **kwargs: base `Model` arguments (`name`).
+    """
+
+    def __init__(self, vocab_size, embedding_dim=100, **kwargs):
+        for arg, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{arg}` must be a positive integer; received {arg}={value!r}.")
+        targets = keras.Input(shape=(), dtype="int32", name="targets")
+        candidates = keras.Input(shape=(None,), dtype="int32", name="candidates")
+        bound = 0.5 / embedding_dim
+        target_vectors = keras.layers.Embedding(
+            vocab_size, embedding_dim, embeddings_initializer=keras.initializers.RandomUniform(-bound, bound),
+            name="target_embedding")(targets)
+        candidate_vectors = keras.layers.Embedding(vocab_size, embedding_dim, embeddings_initializer="zeros",
+                                                   name="context_embedding")(candidates)
+        logits = keras.layers.Dot(axes=(1, 2), name="dots")([target_vectors, candidate_vectors])
+        logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
+        super().__init__([targets, candidates], logits, **kwargs)
+        self.vocab_size, self.embedding_dim = vocab_size, embedding_dim
+
+    def get_config(self):
+        return {"vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def train_step(self, data):
+        optimizer = self.optimizer
+        if type(optimizer) is not keras.optimizers.SGD or optimizer.momentum:
+            return super().train_step(data)
+        (targets, candidates), labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        target_table = self.get_layer("target_embedding").embeddings.value
+        context_table = self.get_layer("context_embedding").embeddings.value
+        target_vectors = tf.gather(target_table, targets)          # (batch, dim)
+        context_vectors = tf.gather(context_table, candidates)     # (batch, candidates, dim)
+        logits = tf.einsum("bd,bkd->bk", target_vectors, context_vectors)
+        rate = tf.cast(optimizer.learning_rate, logits.dtype)
+        error = rate * (tf.sigmoid(logits) - tf.cast(labels, logits.dtype))  # lr * d loss / d logit
+        # Both updates use the vectors from before the step, as a mini-batch step does.
+        target_table.scatter_sub(tf.IndexedSlices(tf.einsum("bk,bkd->bd", error, context_vectors), targets))
+        context_table.scatter_sub(tf.IndexedSlices(
+            tf.reshape(error[:, :, None] * target_vectors[:, None, :], (-1, self.embedding_dim)),
+            tf.reshape(candidates, (-1,))))
+        optimizer.iterations.assign_add(1)
+        loss = self.compute_loss(x=(targets, candidates), y=labels, y_pred=logits)
+        self._loss_tracker.update_state(loss, sample_weight=tf.shape(targets)[0])  # as Keras's own step
+        return self.compute_metrics((targets, candidates), labels, logits, sample_weight=None)
 
 
 def nearest_neighbours(vectors, queries, k=10, exclude=None):
