@@ -4,7 +4,7 @@ The reference is keras.io's `neural_machine_translation_with_transformer` (word-
 vocab 15,000, sequence length 20, embed 256, latent 2048, 8 heads, one encoder and one decoder layer,
 rmsprop, batch 64), built from KerasHub's TransformerEncoder/TransformerDecoder (pip install keras-hub:
 benchmark environment only). Every system trains for --budget seconds on the same random 90/5/5 split,
-then translates the same --test-sentences test sentences. BLEU is computed twice with sacrebleu: on the
+in turns of --slice seconds (round robin, so a shared machine's load falls on all alike), then translates the same --test-sentences test sentences. BLEU is computed twice with sacrebleu: on the
 reference's normalisation (lower case, punctuation removed, as its TextVectorization sees text), the
 same for every system, and cased on raw text for kerazoo. Greedy decoding for every system, beam 4 for kerazoo.
 
@@ -12,6 +12,7 @@ same for every system, and cased on raw text for kerazoo. Greedy decoding for ev
 """
 
 import argparse
+import contextlib
 import importlib.util
 import pathlib
 import re
@@ -23,7 +24,7 @@ import numpy as np
 import sacrebleu
 import tensorflow as tf
 
-from kerazoo import data, models, seq2seq_decoding, text, training
+from kerazoo import data, models, text, training
 
 RECIPE = pathlib.Path(__file__).resolve().parent.parent / "recipes" / "translate.py"
 STRIP = re.escape(string.punctuation.replace("[", "").replace("]", "") + "¿¡")
@@ -34,7 +35,8 @@ def normalise(sentence):
     return " ".join(re.sub(f"[{STRIP}]", "", sentence.lower()).split())
 
 
-def keras_io_reference(train, test, budget, batch_size=64):
+def keras_io_reference(train, batch_size=64):
+    """The keras.io example's vectorizers, dataset and model, compiled as the example does."""
     import keras_hub
 
     vocab, length, embed, latent, heads = 15000, 20, 256, 2048, 8
@@ -59,65 +61,73 @@ def keras_io_reference(train, test, budget, batch_size=64):
     outputs = keras.layers.Dense(vocab, activation="softmax")(y)
     model = keras.Model([encoder_inputs, decoder_inputs], outputs, name="keras_io_transformer")
     model.compile("rmsprop", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    budget_callback = training.TimeBudget(budget)
-    model.fit(dataset, epochs=1000, callbacks=[budget_callback], verbose=2)
-    steps = int(model.optimizer.iterations.numpy())
 
-    # The example's greedy decode_sequence (full recomputation each step), batched.
-    words = target_vectorizer.get_vocabulary()
-    start, end = words.index("[start]"), words.index("[end]")
-    hypotheses = []
-    for i in range(0, len(test), 256):
-        batch = test[i:i + 256]
-        src = source_vectorizer(tf.constant([s for s, _ in batch]))
-        tgt = np.zeros((len(batch), length + 1), np.int64)
-        tgt[:, 0] = start
-        for t in range(length):
-            tgt[:, t + 1] = np.argmax(model.predict_on_batch([src, tgt[:, :-1]])[:, t], axis=-1)
-        for row in tgt[:, 1:]:
-            row = list(row)
-            row = row[:row.index(end)] if end in row else row
-            hypotheses.append(" ".join(words[j] for j in row if j))
-    return dict(steps=steps, train_seconds=budget_callback.elapsed, params=model.count_params(),
-                greedy=hypotheses)
+    def decode(test):
+        """The example's greedy decode_sequence (full recomputation each step), batched."""
+        words = target_vectorizer.get_vocabulary()
+        start, end = words.index("[start]"), words.index("[end]")
+        hypotheses = []
+        for i in range(0, len(test), 256):
+            batch = test[i:i + 256]
+            src = source_vectorizer(tf.constant([s for s, _ in batch]))
+            tgt = np.zeros((len(batch), length + 1), np.int64)
+            tgt[:, 0] = start
+            for t in range(length):
+                tgt[:, t + 1] = np.argmax(model.predict_on_batch([src, tgt[:, :-1]])[:, t], axis=-1)
+            for row in tgt[:, 1:]:
+                row = list(row)
+                row = row[:row.index(end)] if end in row else row
+                hypotheses.append(" ".join(words[j] for j in row if j))
+        return {"greedy": hypotheses}
+
+    return dict(model=model, dataset=dataset, decode=decode)
 
 
-def kerazoo_system(kind, recipe, train, test, budget, args):
+def kerazoo_system(kind, recipe, train, tokenizers, args):
+    """A kerazoo translator built as `recipes/translate.py` builds it (its flags, its plan), and its decoder."""
     flags = ["--model", kind, "--max-length", "24", "--vocab-size", "8000", "--no-export"]
     if kind == "transformer":
         flags += ["--d-model", "256", "--num-heads", "4", "--num-layers", "2", "--ff-dim", "1024", "--dropout", "0.1"]
     else:
         flags += ["--embedding-dim", "128", "--units", "256", "--dropout", "0.1"]
     options = recipe.parse_args(flags)
-    source_tokenizer = text.WordPieceTokenizer.learn([s for s, _ in train], vocab_size=8000)
-    target_tokenizer = text.WordPieceTokenizer.learn([t for _, t in train], vocab_size=8000,
-                                                     reserved_tokens=(text.START, text.END))
+    source_tokenizer, target_tokenizer = tokenizers
     start, end = (target_tokenizer.vocabulary.index(token) for token in (text.START, text.END))
     encoded = data.encode_pairs([s for s, _ in train], [t for _, t in train], source_tokenizer, target_tokenizer,
                                 options.max_length, start, end)
-    plan = training.select_plan("float32", jit_compile=True)
-    if kind == "transformer":
-        model = models.transformer_seq2seq(source_tokenizer.vocabulary_size, target_tokenizer.vocabulary_size,
-                                           options.max_length, options.d_model, options.num_heads,
-                                           options.num_layers, options.ff_dim, options.dropout)
-    else:
-        model = models.rnn_seq2seq(source_tokenizer.vocabulary_size, target_tokenizer.vocabulary_size,
-                                   options.embedding_dim, options.units, options.cell, options.dropout)
-    # Schedule sized to the budget: the rate decays over the steps a first pass estimates we get.
-    steps = args.kerazoo_steps
-    schedule = training.warmup_cosine(1e-3, 200, steps, 1e-4)
-    training.compile_model(model, plan, optimizer=training.adamw(schedule, weight_decay=0.01, global_clipnorm=1.0),
-                           weighted_metrics=["sparse_categorical_accuracy"])
-    budget_callback = training.TimeBudget(budget)
-    model.fit(data.pairs_dataset(encoded, 64, seed=0), epochs=1000, callbacks=[budget_callback], verbose=2)
-    out = dict(steps=int(model.optimizer.iterations.numpy()), train_seconds=budget_callback.elapsed,
-               params=model.count_params())
-    sentences = [s for s, _ in test]
-    for strategy in ("greedy", "beam"):
-        started = time.perf_counter()
-        out[strategy] = recipe.translate(model, sentences, source_tokenizer, target_tokenizer, options, strategy)
-        out[f"{strategy}_seconds"] = time.perf_counter() - started
-    return out
+    dataset = data.pairs_dataset(encoded, 64, seed=0)
+
+    def build(plan):
+        if kind == "transformer":
+            model = models.transformer_seq2seq(source_tokenizer.vocabulary_size, target_tokenizer.vocabulary_size,
+                                               options.max_length, options.d_model, options.num_heads,
+                                               options.num_layers, options.ff_dim, options.dropout)
+        else:
+            model = models.rnn_seq2seq(source_tokenizer.vocabulary_size, target_tokenizer.vocabulary_size,
+                                       options.embedding_dim, options.units, options.cell, options.dropout)
+        # The rate decays over about the steps the budget allows (--kerazoo-steps).
+        schedule = training.warmup_cosine(1e-3, 200, args.kerazoo_steps, 1e-4)
+        optimizer = training.adamw(schedule, weight_decay=0.01, global_clipnorm=1.0)
+        return training.compile_model(model, plan, optimizer=optimizer,
+                                      weighted_metrics=["sparse_categorical_accuracy"])
+
+    plan, model = training.plan_from_flags(options, build, dataset.take(1).get_single_element())
+
+    def decode(test):
+        sentences, out = [s for s, _ in test], {}
+        for strategy in ("greedy", "beam"):
+            out[strategy] = recipe.translate(model, sentences, source_tokenizer, target_tokenizer, options, strategy)
+        return out
+
+    return dict(model=model, dataset=dataset, decode=decode, plan=plan)
+
+
+def train_slice(system, seconds):
+    """Trains `system` for about `seconds` more (to the end of the step in progress)."""
+    budget = training.TimeBudget(seconds)
+    with system["plan"].scope() if "plan" in system else contextlib.nullcontext():
+        system["model"].fit(system["dataset"], epochs=1000, callbacks=[budget], verbose=0, shuffle=False)
+    system["train_seconds"] = system.get("train_seconds", 0.0) + budget.elapsed
 
 
 def main():
@@ -128,6 +138,8 @@ def main():
     parser.add_argument("--kerazoo-steps", type=int, default=3000,
                         help="length of kerazoo's cosine schedule, about the steps done in the budget")
     parser.add_argument("--systems", default="keras_io,transformer,rnn")
+    parser.add_argument("--slice", type=float, default=60,
+                        help="systems train in turn, this many seconds at a time (default: 60)")
     args = parser.parse_args()
     spec = importlib.util.spec_from_file_location("translate", RECIPE)
     recipe = importlib.util.module_from_spec(spec)
@@ -137,24 +149,43 @@ def main():
     test = test[:args.test_sentences]
     references = [t for _, t in test]
     print(f"train {len(train):,} pairs, test {len(test):,} sentences, budget {args.budget:.0f}s per system")
-    results = {}
-    for system in args.systems.split(","):
+    systems = {}
+    for name in args.systems.split(","):
         keras.utils.set_random_seed(0)
         started = time.perf_counter()
-        if system == "keras_io":
-            results[system] = keras_io_reference(train, test, args.budget)
+        if name == "keras_io":
+            systems[name] = keras_io_reference(train)
         else:
-            results[system] = kerazoo_system(system, recipe, train, test, args.budget, args)
-        results[system]["total_seconds"] = time.perf_counter() - started
-        r = results[system]
-        scores = {strategy: sacrebleu.corpus_bleu([normalise(h) for h in r[strategy]],
-                                                  [[normalise(t) for t in references]]).score
-                  for strategy in ("greedy", "beam") if strategy in r}
-        print(f"[{system}] steps {r['steps']}, train {r['train_seconds']:.0f}s, total {r['total_seconds']:.0f}s, "
-              f"normalised BLEU {scores}", flush=True)
+            if "tokenizers" not in systems:  # both kerazoo systems share the WordPiece vocabularies
+                systems["tokenizers"] = (
+                    text.WordPieceTokenizer.learn([s for s, _ in train], vocab_size=8000),
+                    text.WordPieceTokenizer.learn([t for _, t in train], vocab_size=8000,
+                                                  reserved_tokens=(text.START, text.END)))
+            systems[name] = kerazoo_system(name, recipe, train, systems["tokenizers"], args)
+        print(f"[{name}] set up in {time.perf_counter() - started:.0f}s, "
+              f"{systems[name]['model'].count_params():,} parameters", flush=True)
+    systems.pop("tokenizers", None)
+    # Round robin in slices, so that the load of a shared machine falls on every system alike.
+    while any(r.get("train_seconds", 0.0) < args.budget for r in systems.values()):
+        for name, r in systems.items():
+            left = args.budget - r.get("train_seconds", 0.0)
+            if left > 0:
+                train_slice(r, min(args.slice, left))
+                r["steps"] = int(r["model"].optimizer.iterations.numpy())
+                print(f"[{name}] {r['train_seconds']:.0f}s trained, {r['steps']} steps", flush=True)
+    results = {}
+    for name, r in systems.items():
+        started = time.perf_counter()
+        results[name] = dict(r["decode"](test), steps=r["steps"], train_seconds=r["train_seconds"],
+                             params=r["model"].count_params(), decode_seconds=time.perf_counter() - started)
+        scores = {strategy: round(sacrebleu.corpus_bleu([normalise(h) for h in results[name][strategy]],
+                                                        [[normalise(t) for t in references]]).score, 2)
+                  for strategy in ("greedy", "beam") if strategy in results[name]}
+        print(f"[{name}] steps {r['steps']}, train {r['train_seconds']:.0f}s, decoding "
+              f"{results[name]['decode_seconds']:.0f}s, normalised BLEU {scores}", flush=True)
 
-    print(f"\n| system | params | train s | steps | BLEU greedy (normalised) | BLEU beam 4 (normalised) "
-          f"| BLEU greedy (cased) | BLEU beam 4 (cased) |")
+    print("\n| system | params | train s | steps | BLEU greedy (normalised) | BLEU beam 4 (normalised) "
+          "| BLEU greedy (cased) | BLEU beam 4 (cased) |")
     print("|---|---|---|---|---|---|---|---|")
     normalised_refs = [normalise(t) for t in references]
     for system, r in results.items():

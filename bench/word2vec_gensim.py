@@ -23,7 +23,6 @@ import resource
 import statistics
 import time
 
-import numpy as np
 
 from kerazoo import data, models
 

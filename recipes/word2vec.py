@@ -19,7 +19,6 @@ import time
 
 import kerazoo  # noqa: F401 (before TensorFlow: its import notices stay hidden)
 import keras
-import numpy as np
 
 from kerazoo import data, models, nonfinite, recipe_flags, training
 
