@@ -63,7 +63,7 @@ def run_kerazoo(recipe, args, sentences):
                                  "--epochs", str(args.epochs), "--no-export", "--seed", str(args.seed),
                                  "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate)])
     started = time.perf_counter()  # all of it, as gensim's: vocabulary, pairs, plan, compile, training
-    model, words, _ = recipe.train(options, sentences)
+    model, words, _ = recipe.train(options, sentences, options.batch_size)
     return model.get_layer("target_embedding").embeddings.numpy(), words, time.perf_counter() - started
 
 

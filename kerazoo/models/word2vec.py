@@ -49,7 +49,10 @@ class SkipGram(keras.Model):
     a dense optimizer update would. The learning rate is the optimizer's
     (a schedule decays it per step, as word2vec's linear decay); the reported
     loss is the compiled loss (mean binary cross-entropy). With any other
-    optimizer the usual Keras `train_step` (dense gradients) is used.
+    optimizer, or under a `tf.distribute` strategy with several replicas (whose
+    gradients Keras all-reduces), the usual Keras `train_step` is used; it
+    follows the mean loss, so an SGD rate there moves each pair about
+    batch × candidates times less than word2vec's per-pair rate here.
 
     Args:
         vocab_size: number of words.
@@ -83,7 +86,8 @@ class SkipGram(keras.Model):
 
     def train_step(self, data):
         optimizer = self.optimizer
-        if type(optimizer) is not keras.optimizers.SGD or optimizer.momentum:
+        if (type(optimizer) is not keras.optimizers.SGD or optimizer.momentum
+                or tf.distribute.get_strategy().num_replicas_in_sync > 1):  # replicas: Keras all-reduces
             return super().train_step(data)
         (targets, candidates), labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         target_table = self.get_layer("target_embedding").embeddings.value
