@@ -299,3 +299,33 @@ def test_lm_recipe_gives_the_same_losses_under_every_strategy(tmp_path):
     np.testing.assert_allclose(losses["multi-worker"], losses["default"], atol=2e-4)
     for folder in "dmw":
         assert (tmp_path / folder / "transformer_lm" / "1" / "saved_model.pb").exists()
+
+
+def test_a_signalled_launcher_stops_its_workers():
+    # launch.py alone (standard library only), without importing the kerazoo package and TensorFlow.
+    code = textwrap.dedent('''
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("launch", sys.argv[1])
+        launch = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(launch)
+        worker = "import time; print('up', flush=True); time.sleep(60)"
+        sys.exit(launch.launch([sys.executable, "-c", worker], 2, grace_seconds=5))
+    ''')
+    process = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "kerazoo" / "launch.py")],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if sum(line.endswith("] up\n") for line in lines) == 2:
+                break
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    out = "".join(lines) + rest
+    assert process.returncode == 128 + signal.SIGTERM, out
+    assert "launch: got SIGTERM; stopping every worker" in out
+    pids = _pids(out)
+    assert len(pids) == 2 and not any(_alive(pid) for pid in pids)
