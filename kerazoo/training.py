@@ -2,7 +2,6 @@
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -374,13 +373,22 @@ def _time_train_steps(model, plan, batch, steps):
     `fit` traces the same functions the real training will call, so the
     winner's real `fit` on batches of this shape starts without a new compile.
     """
-    timer = _StepTimer()
+    timer = StepTimer()
     model.fit(tf.data.Dataset.from_tensors(batch).repeat(), steps_per_epoch=steps + 1, epochs=1, verbose=0,
               callbacks=[timer], shuffle=False)
     return statistics.median(timer.seconds[1:])
 
 
-class _StepTimer(keras.callbacks.Callback):
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of every training batch, in `seconds` (the first one holds the compile).
+
+    Example:
+
+    >>> timer = StepTimer()
+    >>> model.fit(x, y, callbacks=[timer])  # doctest: +SKIP
+    >>> statistics.median(timer.seconds[1:])  # doctest: +SKIP
+    """
+
     def __init__(self):
         super().__init__()
         self.seconds = []

@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import keras
 import numpy as np
@@ -136,20 +135,6 @@ def prepare(classifier, method):
     return finetune.prompt_tune(classifier, size), "prompt_learning_rate"
 
 
-class StepTimer(keras.callbacks.Callback):
-    """Wall time of every training batch."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 def run_method(args, method, print_fn=print):
     """Fine-tunes one method as the flags say and scores it.
 
@@ -180,7 +165,7 @@ def run_method(args, method, print_fn=print):
         training.compile_model(trained, plan, optimizer=optimizer, loss="sparse_categorical_crossentropy")
     train_ds = text.classification_dataset(train.texts, train.labels, preprocessor, batch_size, shuffle=True,
                                            seed=args.seed).repeat()
-    timer = StepTimer()
+    timer = training.StepTimer()
     with plan.scope():
         trained.fit(train_ds, steps_per_epoch=args.steps, epochs=1, verbose=0, callbacks=[timer], shuffle=False)
 
