@@ -139,20 +139,18 @@ def add_runtime_flags(parser, precision="auto", jit_compile="auto"):
     `--logical-devices` (tf.distribute), `--checkpoint-dir` (resume after a
     kill), `--logdir` (TensorBoard) and `--verbose` (TensorFlow's C++ log
     lines and Keras progress bars; quiet by default: `fit_verbosity`).
-    Use the parsed flags with `training.quiet_logs`,
-    `training.strategy_from_flags`, `training.plan_from_flags` and
-    `training.runtime_callbacks`, the pattern of every recipe:
+    Use the parsed flags with `training.quiet_logs`, `training.start_run`,
+    `training.plan_from_flags` and `training.runtime_callbacks`, the pattern
+    of every recipe:
 
         recipe_flags.add_runtime_flags(parser)
         args = recipe_flags.parse_args(parser, argv, check_flags)
         with training.quiet_logs(args):
-            strategy = training.strategy_from_flags(args)  # first: before any tensor
-            batch_size = training.global_batch_size(args.batch_size, strategy)
+            batch_size = training.start_run(args)  # first: the strategy, before any tensor
             plan, model = training.plan_from_flags(args, build, batch)
             with plan.scope():  # the strategy's scope too
                 model.fit(..., callbacks=[..., *training.runtime_callbacks(args, plan)])
-            if training.is_chief():
-                ...  # save and export: under multi-worker, the chief only
+            ...  # save and export: under multi-worker, `parse_args` sent a non-chief's outputs to scratch
 
     Args:
         parser: an `argparse.ArgumentParser`.

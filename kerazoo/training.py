@@ -759,6 +759,26 @@ def strategy_from_flags(args, print_fn=print):
     return made
 
 
+def start_run(args, print_fn=print):
+    """A recipe's first step: the strategy (`strategy_from_flags`), the global batch, then the seed.
+
+    The strategy comes first: logical devices and collectives can only be
+    set up before any tensor exists.
+
+    Args:
+        args: parsed flags with the runtime flags, `batch_size` (per replica)
+            and `seed`.
+        print_fn: where the strategy and batch lines go.
+
+    Returns:
+        The global batch size, `args.batch_size` x replicas (`plan.scope()`
+        enters the strategy itself).
+    """
+    batch_size = global_batch_size(args.batch_size, strategy_from_flags(args, print_fn=print_fn), print_fn=print_fn)
+    keras.utils.set_random_seed(args.seed)
+    return batch_size
+
+
 def global_batch_size(per_replica, made_strategy, print_fn=print):
     """The batch a strategy's datasets must yield: `per_replica` x replicas in sync (printed when > 1 replica).
 
@@ -836,7 +856,7 @@ def _mirrored(logical_devices):
             raise ValueError(
                 f"--strategy mirrored on a machine without GPUs needs {logical_devices} logical CPU devices, "
                 "which TensorFlow sets up only before it initialises its devices, and it already has in this "
-                "process: make the strategy first (training.strategy_from_flags at the start of the "
+                "process: make the strategy first (training.start_run at the start of the "
                 "recipe's run), before any tensor is created") from None
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:logical_devices]
     return tf.distribute.MirroredStrategy(devices)

@@ -131,11 +131,9 @@ def main(argv=None):
 
 
 def run(args):
-    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
-    batch_size = training.global_batch_size(args.batch_size, strategy)
+    batch_size = training.start_run(args)
     with recipe_flags.exit_on(OSError):
         os.makedirs(args.output_dir, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
     start = time.perf_counter()
     try:
         corpus = data.read_text(args.data) if args.data else data.sample_corpus()

@@ -117,9 +117,7 @@ def main(argv=None):
 
 
 def run(args):
-    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
-    batch_size = training.global_batch_size(args.batch_size, strategy)
-    keras.utils.set_random_seed(args.seed)
+    batch_size = training.start_run(args)
     os.makedirs(args.output_dir, exist_ok=True)
     if args.task:
         return evaluate_saved(args)

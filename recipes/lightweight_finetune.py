@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 
-import keras
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -141,9 +140,7 @@ def run_method(args, method, print_fn=print):
     Returns:
         A dict with the `COLUMNS` (and the full model's size, `model_bytes`).
     """
-    strategy = training.strategy_from_flags(args)  # each method has its own process: this comes first
-    batch_size = training.global_batch_size(args.batch_size, strategy)
-    keras.utils.set_random_seed(args.seed)
+    batch_size = training.start_run(args)
     train, val = bert_finetune.load_data(args, print_fn=lambda line: None)
     plan = training.select_plan(args.precision, {"on": True, "off": False, "auto": "auto"}[args.jit_compile],
                                 args.strategy)

@@ -140,9 +140,7 @@ def main(argv=None):
 
 
 def run(args):
-    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
-    batch_size = training.global_batch_size(args.batch_size, strategy)
-    keras.utils.set_random_seed(args.seed)
+    batch_size = training.start_run(args)
     with recipe_flags.exit_on(ValueError, FileNotFoundError):
         train, val = load_data(args)
         label_names, val = classes_of(train, val, 2 if args.binary else args.num_classes)

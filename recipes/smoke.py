@@ -50,9 +50,7 @@ def main(argv=None):
 
 
 def run(args):
-    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
-    batch_size = training.global_batch_size(args.batch_size, strategy)
-    keras.utils.set_random_seed(args.seed)
+    batch_size = training.start_run(args)
     vocab = sorted(set(SAMPLE_TEXT))
     ids = np.array([vocab.index(c) for c in SAMPLE_TEXT], dtype="int32")
     rng = np.random.default_rng(args.seed)

@@ -19,7 +19,6 @@ import sys
 import time
 
 import kerazoo  # noqa: F401 (before TensorFlow: its import notices stay hidden)
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -119,9 +118,7 @@ def main(argv=None):
 
 
 def run(args):
-    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
-    batch_size = training.global_batch_size(args.batch_size, strategy)
-    keras.utils.set_random_seed(args.seed)
+    batch_size = training.start_run(args)
     started = time.perf_counter()
     corpus = data.read_text(args.data) if args.data else data.sample_corpus()
     train_text, val_text = data.split_text(corpus, args.validation_fraction)

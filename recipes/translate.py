@@ -19,7 +19,6 @@ import sys
 import time
 
 import kerazoo  # noqa: F401 (before TensorFlow: its import notices stay hidden)
-import keras
 import numpy as np
 import sacrebleu
 import tensorflow as tf
@@ -140,9 +139,7 @@ def main(argv=None):
 
 
 def run(args):
-    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
-    batch_size = training.global_batch_size(args.batch_size, strategy)
-    keras.utils.set_random_seed(args.seed)
+    batch_size = training.start_run(args)
     with recipe_flags.exit_on(ValueError, FileNotFoundError):
         sources, targets = (data.read_pairs(args.data, args.source_column, args.target_column) if args.data
                             else data.sample_pairs())

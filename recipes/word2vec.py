@@ -126,17 +126,16 @@ def main(argv=None):
 
 
 def run(args):
-    strategy = training.strategy_from_flags(args)  # first: logical devices and collectives precede any tensor
-    keras.utils.set_random_seed(args.seed)
-    with recipe_flags.exit_on(ValueError, FileNotFoundError):
-        corpus = data.read_text(args.data) if args.data else data.sample_corpus()
-        questions = models.read_analogies(args.analogies) if args.analogies else None
     if not args.data:  # the 5 KB sample has few repeated words and few pairs
         args.min_count = 2 if args.min_count == 5 else args.min_count
         args.batch_size = 128 if args.batch_size == 1024 else args.batch_size
+    batch_size = training.start_run(args)
+    with recipe_flags.exit_on(ValueError, FileNotFoundError):
+        corpus = data.read_text(args.data) if args.data else data.sample_corpus()
+        questions = models.read_analogies(args.analogies) if args.analogies else None
     sentences = data.tokenize_words(corpus.splitlines())
     with recipe_flags.exit_on(ValueError):
-        model, words, seconds = train(args, sentences, training.global_batch_size(args.batch_size, strategy))
+        model, words, seconds = train(args, sentences, batch_size)
     vectors = model.get_layer("target_embedding").embeddings.numpy()
     print(f"done: {args.epochs} epochs in {seconds:.1f}s")
 
