@@ -26,6 +26,8 @@ STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
 # jit_compile="auto" turns XLA off under tf.distribute too.
 _NO_XLA_UNDER_STRATEGY = ("XLA and auto-clustering off: a tf.distribute step does not compile with XLA here "
                           "(as Keras's jit_compile='auto' decides)")
+_NO_BF16_CPU = ("this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), so bfloat16 would only be "
+                "converted to float32 around each kernel; --precision mixed_bfloat16 forces it")
 _strategies = {}  # name -> this process's one instance (collective ops are configured once per process)
 # TF_XLA_FLAGS that restrict CPU auto-clustering to element-wise ops (layer
 # norms, GELUs, softmaxes), leaving matmuls to oneDNN's bfloat16 kernels.
@@ -164,7 +166,9 @@ def candidate_plans(precision="auto", jit_compile="auto", strategy="default"):
 
     On a GPU (or with both options pinned) there is a single candidate, the
     rule of `select_plan`. On a CPU, "auto" precision tries float32 and
-    mixed_bfloat16, each with its own jit rule unless `jit_compile` is pinned.
+    mixed_bfloat16, each with its own jit rule unless `jit_compile` is pinned;
+    float32 alone where the CPU has no bfloat16 instructions
+    (`cpu_bfloat16_instructions`).
     Under `multi-worker` and `tpu` there is a single candidate too: every
     worker must run the same plan, and each would time its own.
 
@@ -183,7 +187,39 @@ def candidate_plans(precision="auto", jit_compile="auto", strategy="default"):
                                                  "must run the same plan)")]
     if precision != "auto" or tf.config.list_physical_devices("GPU"):
         return [select_plan(precision, jit_compile, strategy)]
+    if cpu_bfloat16_instructions() is False:
+        plan = select_plan("auto", jit_compile, strategy)  # float32 on a CPU
+        return [dataclasses.replace(plan, reason=f"{plan.reason} (mixed_bfloat16 not timed: {_NO_BF16_CPU})")]
     return [select_plan(p, jit_compile, strategy) for p in ("float32", "mixed_bfloat16")]
+
+
+def cpu_bfloat16_instructions():
+    """Whether this CPU computes in bfloat16 natively (AVX512_BF16, AMX or Arm's BF16), read from /proc/cpuinfo.
+
+    Without them oneDNN converts bfloat16 to float32 around every kernel, so
+    mixed_bfloat16 is slower than float32 (a 1024x1024 matmul: 0.74x on an
+    AMD EPYC Zen 2), and `candidate_plans` does not time it.
+
+    Returns:
+        True or False; None where /proc/cpuinfo cannot tell (then both
+        precisions are timed).
+
+    Example:
+
+    >>> cpu_bfloat16_instructions() in (True, False, None)
+    True
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = set()
+            for line in f:
+                if line.split(":", 1)[0].strip() in ("flags", "Features"):
+                    flags.update(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    if not flags:
+        return None
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def choose_plan(build, batch, precision="auto", jit_compile="auto", steps=4, cache_path=None,
@@ -463,20 +499,6 @@ def write_json_atomically(path, value):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def cpu_bfloat16_speedup(size=1024, repeats=5):
-    """Speed of a bfloat16 matmul without XLA relative to a float32 matmul with XLA (a machine figure).
-
-    Args:
-        size: side of the square matrices.
-        repeats: timed repetitions; the median is used.
-
-    Returns:
-        float, > 1 when bfloat16 (oneDNN) is faster.
-    """
-    return (matmul_gflops(tf.bfloat16, False, size, repeats) /
-            matmul_gflops(tf.float32, True, size, repeats))
 
 
 def matmul_gflops(dtype, jit_compile, size=2048, repeats=5):

@@ -129,8 +129,14 @@ def _fake_step_time(ms_per_step):
     return step_time
 
 
+@pytest.fixture
+def bfloat16_cpu(monkeypatch):
+    """A CPU with bfloat16 instructions, whatever this one has: both precisions are candidates."""
+    monkeypatch.setattr(training, "cpu_bfloat16_instructions", lambda: True)
+
+
 @pytest.mark.parametrize("faster", ["float32", "mixed_bfloat16"])
-def test_choose_plan_keeps_the_faster_candidate_and_caches_it(tmp_path, rng, faster):
+def test_choose_plan_keeps_the_faster_candidate_and_caches_it(tmp_path, rng, faster, bfloat16_cpu):
     timer = _fake_step_time({"float32": 10.0, "mixed_bfloat16": 20.0} if faster == "float32"
                             else {"float32": 30.0, "mixed_bfloat16": 12.0})
     lines, cache = [], tmp_path / "plans.json"
@@ -157,7 +163,7 @@ def _fail_if_called(*args):
     raise AssertionError("timed although the plan was cached or pinned")
 
 
-def test_choose_plan_returns_the_winner_untrained_and_pinned_flags_skip_timing(tmp_path, rng):
+def test_choose_plan_returns_the_winner_untrained_and_pinned_flags_skip_timing(tmp_path, rng, bfloat16_cpu):
     batch = _lm_batch(rng)
     keras.utils.set_random_seed(3)
     reference = _build(training.select_plan("mixed_bfloat16"))
@@ -176,7 +182,37 @@ def test_choose_plan_returns_the_winner_untrained_and_pinned_flags_skip_timing(t
     assert not (tmp_path / "p.json").exists()
 
 
-def test_plan_cache_errors_name_the_file(tmp_path, rng):
+def test_a_cpu_without_bfloat16_instructions_times_nothing_and_says_why(monkeypatch, rng):
+    monkeypatch.setattr(training, "cpu_bfloat16_instructions", lambda: False)
+    lines = []
+    plan, model = training.choose_plan(_build, _lm_batch(rng), cache_path=False, step_time=_fail_if_called,
+                                       print_fn=lines.append)
+    assert (plan.precision, plan.jit_compile) == ("float32", True)
+    assert model.get_layer("block_0").compute_dtype == "float32"
+    assert "mixed_bfloat16 not timed: this CPU has no bfloat16 instructions" in lines[0]
+    # Asking for bfloat16 still gets it.
+    [forced] = training.candidate_plans("mixed_bfloat16")
+    assert forced.precision == "mixed_bfloat16"
+
+
+def test_cpu_bfloat16_instructions_reads_the_cpu_flags(monkeypatch, tmp_path):
+    real_open = open
+
+    def cpuinfo(flags):
+        path = tmp_path / "cpuinfo"
+        path.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+        monkeypatch.setattr("builtins.open", lambda name, *a, **k: real_open(
+            path if name == "/proc/cpuinfo" else name, *a, **k))
+
+    cpuinfo("fpu sse avx2 fma avx512f")
+    assert training.cpu_bfloat16_instructions() is False
+    cpuinfo("fpu avx2 avx512f avx512_bf16")
+    assert training.cpu_bfloat16_instructions() is True
+    cpuinfo("fpu amx_tile amx_bf16")
+    assert training.cpu_bfloat16_instructions() is True
+
+
+def test_plan_cache_errors_name_the_file(tmp_path, rng, bfloat16_cpu):
     cache = tmp_path / "plans.json"
     cache.write_text("{not json")
     with pytest.raises(ValueError, match="plans.json.*not valid JSON"):
