@@ -164,26 +164,46 @@ def _read_data(args):
 
 def load_encoder(args, train_texts, plan):
     """(backbone, tokenizer, lower_case): the pretrained encoder, or a fresh one of the flags' size."""
+    tokenizer, lower_case, _ = load_tokenizer(args, train_texts)
+    return load_backbone(args, tokenizer, plan), tokenizer, lower_case
+
+
+def load_tokenizer(args, train_texts):
+    """(tokenizer, lower_case, encoder_length): the pretrained encoder's, or one for a fresh encoder."""
     if not args.from_scratch:
-        files = {name: os.path.join(args.pretrained, name)
-                 for name in ("backbone.keras", "vocabulary.json", "pretraining.json")}
-        missing = [path for path in files.values() if not os.path.isfile(path)]
-        if missing:
-            raise SystemExit(f"error: {missing[0]} not found: run recipes/bert_pretrain.py --output-dir "
-                             f"{args.pretrained} first, or pass --from-scratch")
-        lower_case = json.load(open(files["pretraining.json"], encoding="utf-8"))["lower_case"]
-        with plan.scope():
-            backbone = keras.models.load_model(files["backbone.keras"])
-        return backbone, text.WordPieceTokenizer.from_vocabulary_file(files["vocabulary.json"]), lower_case
+        files = _pretrained_files(args)
+        with open(files["pretraining.json"], encoding="utf-8") as f:
+            settings = json.load(f)
+        if not {"lower_case", "max_length"} <= settings.keys():
+            raise ValueError(f"{files['pretraining.json']} lacks lower_case or max_length: not written by "
+                             "recipes/bert_pretrain.py")
+        tokenizer = text.WordPieceTokenizer.from_vocabulary_file(files["vocabulary.json"])
+        return tokenizer, settings["lower_case"], settings["max_length"]
     lower_case = not args.keep_case
     if args.vocabulary:
         tokenizer = text.WordPieceTokenizer.from_vocabulary_file(args.vocabulary)
     else:
         tokenizer = text.learn_bert_vocabulary(train_texts, args.vocab_size, lower_case=lower_case)
+    return tokenizer, lower_case, args.max_length or 128
+
+
+def load_backbone(args, tokenizer, plan):
+    """The pretrained backbone, or a fresh one of the flags' size, built under `plan`'s precision."""
     with plan.scope():
-        backbone = models.bert_backbone(tokenizer.vocabulary_size, args.max_length or 128, args.d_model,
-                                        args.num_heads, args.num_layers, args.ff_dim, args.encoder_dropout)
-    return backbone, tokenizer, lower_case
+        if not args.from_scratch:
+            return keras.models.load_model(_pretrained_files(args)["backbone.keras"])
+        return models.bert_backbone(tokenizer.vocabulary_size, args.max_length or 128, args.d_model,
+                                    args.num_heads, args.num_layers, args.ff_dim, args.encoder_dropout)
+
+
+def _pretrained_files(args):
+    files = {name: os.path.join(args.pretrained, name)
+             for name in ("backbone.keras", "vocabulary.json", "pretraining.json")}
+    missing = [path for path in files.values() if not os.path.isfile(path)]
+    if missing:
+        raise SystemExit(f"error: {missing[0]} not found: run recipes/bert_pretrain.py --output-dir "
+                         f"{args.pretrained} first, or pass --from-scratch")
+    return files
 
 
 def main(argv=None):
@@ -197,33 +217,36 @@ def run(args):
     train, val = load_data(args)
     label_names = list(train.label_names)
 
-    plan, _ = training.plan_from_flags(args)
     try:
-        backbone, tokenizer, lower_case = load_encoder(args, train.texts, plan)
-        encoder_length = backbone.get_layer("embedding").max_length
+        tokenizer, lower_case, encoder_length = load_tokenizer(args, train.texts)
         if args.max_length and args.max_length > encoder_length:
             raise ValueError(f"--max-length {args.max_length} exceeds the encoder's maximum {encoder_length}")
         preprocessor = text.BertPreprocessor(tokenizer, args.max_length or encoder_length, lower_case=lower_case)
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
-    with plan.scope():
-        model = models.bert_classifier(backbone, len(label_names), dropout=args.dropout)
-    try:
-        trainable = models.set_finetune_mode(model, args.mode, args.top_k if args.mode == "top-k" else None)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+    train_ds = text.classification_dataset(train.texts, train.labels, preprocessor, batch_size, shuffle=True,
+                                           seed=args.seed)
+    val_ds = text.classification_dataset(val.texts, val.labels, preprocessor, batch_size)
     steps = args.epochs * -(-len(train) // batch_size)
-    schedule = training.WarmupLinear(args.learning_rate, int(args.warmup_fraction * steps), steps)
-    with plan.scope():  # the optimizer's variables too belong to the strategy
-        training.compile_model(model, plan, optimizer=training.adamw(schedule, weight_decay=args.weight_decay),
-                               loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    trainable = []
+
+    def build(plan):
+        try:
+            model = models.bert_classifier(load_backbone(args, tokenizer, plan), len(label_names),
+                                           dropout=args.dropout)
+            trainable[:] = models.set_finetune_mode(model, args.mode, args.top_k if args.mode == "top-k" else None)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"error: {error}") from None
+        schedule = training.WarmupLinear(args.learning_rate, int(args.warmup_fraction * steps), steps)
+        optimizer = training.adamw(schedule, weight_decay=args.weight_decay)
+        return training.compile_model(model, plan, optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                                      metrics=["accuracy"])
+
+    plan, model = training.plan_from_flags(args, build, train_ds.take(1).get_single_element())
     start = "from scratch" if args.from_scratch else f"pretrained ({args.pretrained})"
     print(f"encoder: {start}; mode {args.mode}: {sum(int(np.prod(v.shape)) for v in model.trainable_weights):,d}"
           f" of {model.count_params():,d} parameters train ({', '.join(trainable)})")
 
-    train_ds = text.classification_dataset(train.texts, train.labels, preprocessor, batch_size, shuffle=True,
-                                           seed=args.seed)
-    val_ds = text.classification_dataset(val.texts, val.labels, preprocessor, batch_size)
     timer, guard = training.EpochTimer(), nonfinite.NonFiniteGuard()
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience, restore_best_weights=True,
                                          verbose=1)

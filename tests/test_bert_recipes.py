@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 
 import keras
 import numpy as np
@@ -41,6 +42,17 @@ def test_bad_flags_are_one_line_errors(capsys, recipe, argv, message):
 def test_finetune_without_a_pretrained_encoder_says_what_to_run(tmp_path):
     with pytest.raises(SystemExit, match="backbone.keras not found: run recipes/bert_pretrain.py"):
         _load("bert_finetune").main(["--pretrained", str(tmp_path / "none"), "--export-dir", str(tmp_path)])
+
+
+def test_finetune_from_scratch_times_its_plan_and_exports(tmp_path, capsys):
+    assert _load("bert_finetune").main([
+        "--from-scratch", "--vocab-size", "150", "--max-length", "24", "--d-model", "16", "--num-heads", "2",
+        "--num-layers", "1", "--ff-dim", "32", "--max-train-examples", "64", "--validation-split", "0.02",
+        "--batch-size", "16", "--epochs", "1", "--export-dir", str(tmp_path), "--name", "tiny", "--verbose", "0"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^plan: (timed \d+ steps of this model|.*mixed_bfloat16 not timed)", out, re.M), out
+    assert "parameters train (" in out and "confusion matrix" in out
+    assert os.listdir(tmp_path / "tiny") == ["1"]
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ def pretrained(tmp_path_factory):
     tokenizer.save_vocabulary(str(folder / "vocabulary.json"))
     models.bert_backbone(tokenizer.vocabulary_size, max_length=32, d_model=16, num_heads=2, num_layers=2,
                          ff_dim=32).save(folder / "backbone.keras")
-    (folder / "pretraining.json").write_text(json.dumps({"lower_case": True}))
+    (folder / "pretraining.json").write_text(json.dumps({"lower_case": True, "max_length": 32}))
     return folder
 
 
