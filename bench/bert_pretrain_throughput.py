@@ -1,7 +1,7 @@
 """BERT pretraining tokens/s: kerazoo's bert_pretrainer (MLM + NSP) vs KerasHub's BertBackbone + BertMaskedLM (MLM).
 
 Same size, batch, sequence length and number of masked positions; each library under each setting
-(float32 + XLA; mixed_bfloat16 without XLA; mixed_bfloat16 with XLA fusing only element-wise ops,
+(float32 with and without XLA; mixed_bfloat16 without XLA; mixed_bfloat16 with XLA fusing only element-wise ops,
 kerazoo's CPU plan), measured interleaved in one process, medians of `--rounds` samples of `--steps`
 train steps each. Prints every setting and the ratio of each library's best to the other's best.
 KerasHub is a benchmark-only dependency: install it in a separate environment, e.g.
@@ -21,7 +21,7 @@ import tensorflow as tf
 import keras
 from kerazoo import models, training
 
-SETTINGS = (("float32", True), ("mixed_bfloat16", False), ("mixed_bfloat16+fusion", False))
+SETTINGS = (("float32+XLA", True), ("float32", False), ("mixed_bfloat16", False), ("mixed_bfloat16+fusion", False))
 
 
 def parse_args(argv=None):
