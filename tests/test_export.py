@@ -271,15 +271,60 @@ def test_generate_signature_takes_sampling_parameters_per_request(tmp_path):
         "{'top_k': -1}": "assertion failed: [top_k must be in [0, 12] (0: no limit); received] [-1]"}
 
 
+def _stored(path):
+    """An export's int8 variables (shapes) and every constant of its functions, as numpy arrays."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    checkpoint = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    shapes, dtypes = checkpoint.get_variable_to_shape_map(), checkpoint.get_variable_to_dtype_map()
+    int8_variables = sorted(tuple(shapes[name]) for name, dtype in dtypes.items() if dtype == tf.int8)
+    float_variables = [checkpoint.get_tensor(name) for name, dtype in dtypes.items() if dtype == tf.float32]
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    constants = [tf.make_ndarray(node.attr["value"].tensor)
+                 for function in proto.meta_graphs[0].graph_def.library.function
+                 for node in function.node_def if node.op == "Const"]
+    return int8_variables, float_variables, constants
+
+
+def _keras_int8_dense(model):
+    """(int8 kernel, scale) of every Dense layer of Keras's weights-only int8 copy of `model`."""
+    return [(np.asarray(layer._kernel), np.asarray(layer.kernel_scale))
+            for layer in export.quantized_copy(model)._flatten_layers() if type(layer) is keras.layers.Dense]
+
+
+# After the first request, the optimized graph TF Serving runs (a Session's partition graphs): how many int8
+# constants are left (constant folding turned the int8 Dense kernels into float32 ones), and the probabilities.
+_FOLDED = """
+import json
+from tensorflow.core.protobuf import config_pb2
+graph = tf.Graph()
+with graph.as_default():
+    session = tf.compat.v1.Session(graph=graph)
+    signature = tf.compat.v1.saved_model.loader.load(session, ["serve"], {path!r}).signature_def["serving_default"]
+    metadata = config_pb2.RunMetadata()
+    probabilities = session.run(signature.outputs["probabilities"].name,
+                                {{signature.inputs["text"].name: {sample!r}}},
+                                options=config_pb2.RunOptions(output_partition_graphs=True), run_metadata=metadata)
+nodes = [n for g in metadata.partition_graphs for n in list(g.node) + [m for f in g.library.function for m in f.node_def]]
+left = sum(n.op == "Const" and n.attr["dtype"].type == tf.int8.as_datatype_enum for n in nodes)
+print(json.dumps(dict(int8_constants_left=left, probabilities=probabilities.tolist())))
+"""
+
+
 def test_int8_export_serves_and_agrees_with_the_float_model(tmp_path, classifier):
     model, vectorizer = classifier
     path = export.export_saved_model(model, tmp_path, "int8", preprocessor=vectorizer, quantize="int8")
     assert_no_xla(path)
     assert all(v.dtype == "float32" for v in model.weights)  # the caller's model is not quantized
-    stored = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
-    shapes = stored.get_variable_to_shape_map()
-    int8 = {tuple(shapes[name]) for name, dtype in stored.get_variable_to_dtype_map().items() if dtype == tf.int8}
-    assert int8 == {(30, 4), (4, 1)}  # the embedding table and the classifier kernel (the LSTM stays float32)
+    int8_variables, float_variables, constants = _stored(path)
+    assert int8_variables == [(30, 4)]  # the embedding table, a Keras int8 Embedding (the LSTM stays float32)
+    [(kernel, scale)] = _keras_int8_dense(model)  # the classifier's: an int8 constant, exactly Keras's values
+    assert [c.shape for c in constants if c.dtype == np.int8] == [(4, 1)]
+    np.testing.assert_array_equal(next(c for c in constants if c.dtype == np.int8), kernel)
+    assert any(c.shape == scale.shape and np.array_equal(c, scale) for c in constants)
+    assert not any(v.shape == (4, 1) for v in float_variables)  # no float copy of that kernel stored
     sample = [" ".join(words) for words in zip(TEXTS, reversed(TEXTS), TEXTS[3:] + TEXTS[:3])] + TEXTS
     expected = np.asarray(model(vectorizer(tf.constant(sample))))[:, 0] >= 0.5
     result = run_tf_only(f"""
@@ -294,7 +339,39 @@ def test_int8_export_serves_and_agrees_with_the_float_model(tmp_path, classifier
         export.export_saved_model(model, tmp_path, "int4", preprocessor=vectorizer, quantize="int4")
 
 
-def test_int8_export_of_a_bert_classifier_quantizes_every_dense_and_embedding_and_serves(tmp_path):
+def test_int8_dense_kernels_too_large_to_fold_stay_keras_int8_layers(tmp_path, classifier, monkeypatch):
+    model, vectorizer = classifier
+    monkeypatch.setattr(export, "FOLD_LIMIT_BYTES", 15)  # the classifier's 4x1 float32 kernel is 16 bytes
+    path = export.export_saved_model(model, tmp_path, "int8", preprocessor=vectorizer, quantize="int8")
+    int8_variables, _, constants = _stored(path)
+    assert int8_variables == [(4, 1), (30, 4)]  # both Keras int8 layers, as model.quantize("int8") makes them
+    assert not any(c.dtype == np.int8 for c in constants)
+    sample = TEXTS[:5]
+    result = run_tf_only(_FOLDED.format(path=path, sample=sample))
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.splitlines()[-1])["probabilities"]
+    np.testing.assert_allclose(served, np.asarray(export.quantized_copy(model)(vectorizer(tf.constant(sample))))[:, 0],
+                               atol=1e-6)
+
+
+def test_int8_export_is_at_least_2_5x_smaller_on_disk(tmp_path):
+    keras.utils.set_random_seed(0)
+    vectorizer = text.word_vectorizer(vocab_size=40, max_length=8)
+    vectorizer.adapt(TEXTS)
+    model = keras.Sequential([keras.Input((8,), dtype="int32"), keras.layers.Embedding(4000, 64),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(512, activation="relu"),
+                              keras.layers.Dense(512, activation="relu"), keras.layers.Dense(2, activation="softmax")])
+
+    def size(path):  # the whole export: saved_model.pb (where the int8 Dense kernels are) and variables/
+        return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+    float32 = size(export.export_saved_model(model, tmp_path, "float32", preprocessor=vectorizer))
+    int8 = size(export.export_saved_model(model, tmp_path, "int8", preprocessor=vectorizer, quantize="int8"))
+    parameters = model.count_params()  # 552,962, 4 bytes each in float32 (twice: Keras's ExportArchive
+    assert float32 > 4 * parameters and int8 < float32 / 2.5  # saves every variable twice, int8 ones too)
+
+
+def test_int8_export_of_a_bert_classifier_serves_keras_int8_weights_as_folded_constants(tmp_path):
     keras.utils.set_random_seed(3)
     texts = ["a good film", "a bad plot", "the film was dull", "a delight", "not good", "bad bad film"]
     preprocessor = text.BertPreprocessor(text.learn_bert_vocabulary(texts, vocab_size=60), max_length=16)
@@ -305,16 +382,25 @@ def test_int8_export_of_a_bert_classifier_quantizes_every_dense_and_embedding_an
     head.kernel.assign(np.random.default_rng(0).normal(0, 1, head.kernel.shape))  # not the uniform start
     path = export.export_saved_model(model, tmp_path, "bert", preprocessor=preprocessor, quantize="int8")
     assert_no_xla(path)
-    quantizable = {tuple(getattr(layer, "embeddings", getattr(layer, "kernel", None)).shape)
-                   for layer in model._flatten_layers()
-                   if type(layer) in (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Embedding)}
-    stored = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
-    shapes = stored.get_variable_to_shape_map()
-    int8 = {tuple(shapes[name]) for name, dtype in stored.get_variable_to_dtype_map().items() if dtype == tf.int8}
-    assert int8 == quantizable and (16, 48) in int8  # the fused QKV kernel among them
+    layers = list(model._flatten_layers())
+    int8_variables, float_variables, constants = _stored(path)
+    # Embedding tables: Keras int8 Embedding layers (int8 variables).
+    assert int8_variables == sorted(tuple(layer.embeddings.shape) for layer in layers
+                                    if type(layer) is keras.layers.Embedding)
+    # Dense kernels (the fused QKV among them): int8 constants holding exactly Keras's int8 values and scales,
+    # and no float32 copy of them stored.
+    dense = _keras_int8_dense(model)
+    int8_constants = [c for c in constants if c.dtype == np.int8]
+    assert len(int8_constants) == len(dense) and any(c.shape == (16, 48) for c in int8_constants)
+    for kernel, scale in dense:
+        assert any(c.shape == kernel.shape and np.array_equal(c, kernel) for c in int8_constants)
+        assert any(c.shape == scale.shape and np.array_equal(c, scale) for c in constants)
+    float_kernels = [np.asarray(layer.kernel) for layer in layers if type(layer) is keras.layers.Dense]
+    assert not any(v.shape == k.shape and np.array_equal(v, k) for v in float_variables for k in float_kernels)
+
     sample = texts + [" ".join(reversed(t.split())) for t in texts] + ["", "film film film"]
     inputs = preprocessor(tf.constant(sample))
-    # Weights only: the quantized model computes exactly the float model with dequantized weights (quantizing
+    # Weights only: Keras's int8 model computes exactly the float model with dequantized weights (quantizing
     # each layer's input too, Keras's default, is off by 5e-4 here).
     quantized_model = export.quantized_copy(model)
     dequantized = keras.models.clone_model(model)
@@ -326,11 +412,12 @@ def test_int8_export_of_a_bert_classifier_quantizes_every_dense_and_embedding_an
             layer.embeddings.assign(np.asarray(quantized._embeddings, np.float32)
                                     / np.asarray(quantized.embeddings_scale)[:, None])
     np.testing.assert_allclose(quantized_model(inputs), dequantized(inputs), atol=1e-5)
-    expected = np.asarray(model(inputs)).argmax(-1)
-    result = run_tf_only(f"""
-        import json
-        serving = tf.saved_model.load({path!r}).signatures["serving_default"]
-        print(json.dumps(serving(text=tf.constant({sample!r}))["label"].numpy().tolist()))
-    """)
+    # Served as TF Serving runs it: no int8 constant is left once the graph is optimized (folded to float32
+    # kernels), and the outputs are Keras's int8 model's; the labels agree with the float model's.
+    result = run_tf_only(_FOLDED.format(path=path, sample=sample))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert np.mean(np.array(json.loads(result.stdout.splitlines()[-1])) == expected) >= 0.98
+    served = json.loads(result.stdout.splitlines()[-1])
+    assert served["int8_constants_left"] == 0
+    np.testing.assert_allclose(served["probabilities"], quantized_model(inputs), atol=1e-5)
+    expected = np.asarray(model(inputs)).argmax(-1)
+    assert np.mean(np.argmax(served["probabilities"], -1) == expected) >= 0.98
