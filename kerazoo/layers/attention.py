@@ -32,9 +32,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             a Keras mask (e.g. from `Embedding(mask_zero=True)`) is used.
         training: whether dropout is active.
         return_attention_scores: also return the attention probabilities.
-        cache: for incremental decoding (causal only), the key/value cache from
-            `empty_cache()` or a previous call; the keys and values of
-            `inputs` are written into it at `cache_index`.
+        cache: for incremental decoding (causal only), the `(keys, values)`
+            cache from `empty_cache()` or a previous call; the keys and values
+            of `inputs` are written into it at `cache_index`.
         cache_index: position of the first step of `inputs` (int or scalar tensor).
 
     Returns:
@@ -91,8 +91,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         if cache is not None:
             self._check_cache_call(cache_index, return_attention_scores, padding_mask)
             # Write this step's keys and values at cache_index; attend over the whole cache.
-            cache = _write_cache(cache, ops.stack([key, value], axis=1), cache_index)
-            key, value = cache[:, 0], cache[:, 1]
+            cache = tuple(_write_cache(part, new, cache_index) for part, new in zip(cache, (key, value)))
+            key, value = cache
         outputs, probs = self._attend(query, key, value, padding_mask, training, query_offset=cache_index)
         if cache is not None:
             return outputs, cache
@@ -147,10 +147,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             dtype: cache dtype (default: the layer's compute dtype).
 
         Returns:
-            `(batch_size, 2, num_heads, max_length, head_dim)` zeros: keys, then values.
+            `(keys, values)`: two `(batch_size, num_heads, max_length, head_dim)`
+            zero tensors. Two tensors, not one stacked: attention reads each
+            whole, where slicing keys and values out of one stacked tensor
+            made XLA copy both (the whole cache) at every decoding step.
         """
-        return ops.zeros((batch_size, 2, self.num_heads, max_length, self._head_dim),
-                         dtype=dtype or self.compute_dtype)
+        shape = (batch_size, self.num_heads, max_length, self._head_dim)
+        return tuple(ops.zeros(shape, dtype=dtype or self.compute_dtype) for _ in ("keys", "values"))
 
     def _check_cache_call(self, cache_index, return_attention_scores, padding_mask):
         if not self.causal:
@@ -305,7 +308,7 @@ class MultiHeadCrossAttention(MultiHeadSelfAttention):
 
 
 def _write_cache(cache, update, index):
-    """`cache` with `update` written at positions `index ..` of axis 3, as a scatter.
+    """`cache` with `update` written at positions `index ..` of axis 2, as a scatter.
 
     Not `ops.slice_update`: on TensorFlow it is the tf2xla op
     `XlaDynamicUpdateSlice`, which a server running without XLA (TF Serving)
@@ -314,15 +317,14 @@ def _write_cache(cache, update, index):
     update (a one-hot blend rewrites the whole cache each step: slower).
 
     Args:
-        cache: `(batch, 2, heads, max_length, head_dim)`.
-        update: `(batch, 2, heads, seq, head_dim)`.
+        cache: keys or values, `(batch, heads, max_length, head_dim)`.
+        update: `(batch, heads, seq, head_dim)`.
         index: position of `update[..., 0, :]` (int or scalar tensor).
 
     Returns:
         The updated cache.
     """
-    batch, pairs, heads, seq, head_dim = ops.shape(update)
-    positions = ops.meshgrid(ops.arange(batch), ops.arange(pairs), ops.arange(heads), index + ops.arange(seq),
-                             indexing="ij")
-    return ops.scatter_update(cache, ops.reshape(ops.stack(positions, axis=-1), (-1, 4)),
+    batch, heads, seq, head_dim = ops.shape(update)
+    positions = ops.meshgrid(ops.arange(batch), ops.arange(heads), index + ops.arange(seq), indexing="ij")
+    return ops.scatter_update(cache, ops.reshape(ops.stack(positions, axis=-1), (-1, 3)),
                               ops.reshape(ops.cast(update, cache.dtype), (-1, head_dim)))
