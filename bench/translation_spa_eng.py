@@ -95,7 +95,7 @@ def kerazoo_system(kind, recipe, train, tokenizers, args):
     start, end = (target_tokenizer.vocabulary.index(token) for token in (text.START, text.END))
     encoded = data.encode_pairs([s for s, _ in train], [t for _, t in train], source_tokenizer, target_tokenizer,
                                 options.max_length, start, end)
-    dataset = data.pairs_dataset(encoded, 64, seed=0)
+    dataset = data.pairs_dataset(encoded, 64, seed=0, length_buckets=options.length_buckets)
 
     def build(plan):
         if kind == "transformer":

@@ -44,6 +44,9 @@ def parse_args(argv=None):
     model.add_argument("--model", choices=("transformer", "rnn"), default="transformer", help="(default: transformer)")
     model.add_argument("--max-length", type=int, default=24,
                        help="tokens per source and per target; longer ones are cut (default: 24)")
+    model.add_argument("--length-buckets", type=int, default=4,
+                       help="training batches are grouped by length into this many buckets and cut to their "
+                            "bucket's length, about half the cost of padding all to --max-length (default: 4)")
     model.add_argument("--d-model", type=int, default=64, help="transformer width (default: 64)")
     model.add_argument("--num-heads", type=int, default=4, help="(default: 4)")
     model.add_argument("--num-layers", type=int, default=2, help="encoder and decoder blocks (default: 2)")
@@ -78,7 +81,7 @@ def parse_args(argv=None):
 
 def check_flags(args):
     """Everything the flags alone decide, checked before any data is read (see `kerazoo.recipe_flags`)."""
-    recipe_flags.positive(args, "vocab_size", "max_length", "d_model", "num_heads", "num_layers", "ff_dim",
+    recipe_flags.positive(args, "vocab_size", "max_length", "length_buckets", "d_model", "num_heads", "num_layers", "ff_dim",
                           "embedding_dim", "units", "batch_size", "epochs", "bleu_sentences", "beam_width")
     if args.max_pairs is not None:
         recipe_flags.positive(args, "max_pairs")
@@ -161,7 +164,7 @@ def run(args):
     print(f"WordPiece: source {source_tokenizer.vocabulary_size:,} / target {target_tokenizer.vocabulary_size:,} "
           f"tokens ({time.perf_counter() - started:.0f}s)")
 
-    train_ds = data.pairs_dataset(train_ids, batch_size, seed=args.seed)
+    train_ds = data.pairs_dataset(train_ids, batch_size, seed=args.seed, length_buckets=args.length_buckets)
     val_ds = data.pairs_dataset(val_ids, 256, shuffle=False)
     steps = args.epochs * -(-len(train) // batch_size)
 

@@ -203,7 +203,7 @@ def reverse_translator():
     plan = training.select_plan("float32", jit_compile=True)
     training.compile_model(model, plan, optimizer=training.adamw(3e-3, weight_decay=0.0),
                            weighted_metrics=["sparse_categorical_accuracy"])
-    model.fit(data.pairs_dataset(encoded, 32), epochs=6, verbose=0)
+    model.fit(data.pairs_dataset(encoded, 32, length_buckets=2), epochs=6, verbose=0)  # two shapes
     return model, source_tokenizer, target_tokenizer, start, end
 
 
@@ -259,6 +259,42 @@ def test_rnn_translator_export_needs_no_xla(tmp_path):
     assert_no_xla(path)
     out = tf.saved_model.load(path).signatures["serving_default"](text=tf.constant(["red", ""]))
     assert out["token_ids"].shape == (2, 5) and out["translation"].shape == (2,)
+
+
+def _random_encoded(n, max_length, seed):
+    """encode_pairs-shaped arrays: sources and targets of random, unrelated lengths, 0-padded."""
+    rng = np.random.default_rng(seed)
+    encoded = {name: np.zeros((n, max_length), np.int32) for name in ("source_ids", "target_ids", "labels")}
+    for i in range(n):
+        source_length, target_length = rng.integers(1, max_length + 1, size=2)
+        encoded["source_ids"][i, :source_length] = rng.integers(3, 50, size=source_length)
+        target = rng.integers(3, 50, size=target_length)
+        encoded["target_ids"][i, :target_length] = np.concatenate([[1], target[:-1]])
+        encoded["labels"][i, :target_length] = target
+    return encoded
+
+
+def test_pairs_dataset_length_buckets_cut_batches_and_keep_every_pair():
+    encoded = _random_encoded(300, 12, seed=0)
+    lengths = np.maximum((encoded["source_ids"] != 0).sum(1), (encoded["labels"] != 0).sum(1))
+    seen = []
+    for (source, target), labels, weights in data.pairs_dataset(encoded, 16, shuffle=False, length_buckets=3):
+        width = source.shape[1]
+        assert width in (4, 8, 12) and target.shape[1] == labels.shape[1] == weights.shape[1] == width
+        np.testing.assert_array_equal(weights, (labels.numpy() != 0).astype(np.float32))
+        for row in zip(source.numpy(), target.numpy(), labels.numpy()):
+            length = max((row[0] != 0).sum(), (row[2] != 0).sum())
+            assert width - 4 < length <= width  # the row is in this batch's bucket
+            seen.append(tuple(np.concatenate([np.pad(part, (0, 12 - width)) for part in row])))
+    expected = [tuple(np.concatenate(row)) for row in zip(encoded["source_ids"], encoded["target_ids"],
+                                                          encoded["labels"])]
+    assert sorted(seen) == sorted(expected)  # every pair once, unchanged by the cut
+    counts = np.bincount(np.searchsorted([4, 8, 12], lengths))
+    shuffled = list(data.pairs_dataset(encoded, 16, seed=1, length_buckets=3))
+    assert all(labels.shape[0] == 16 for _, labels, _ in shuffled)  # partial batches dropped when shuffling
+    assert len(shuffled) == sum(counts // 16)
+    with pytest.raises(ValueError, match="length_buckets"):
+        data.pairs_dataset(encoded, 16, length_buckets=0)
 
 
 def test_read_pairs_errors(tmp_path):
