@@ -4,7 +4,11 @@ The reference is keras.io's `neural_machine_translation_with_transformer` (word-
 vocab 15,000, sequence length 20, embed 256, latent 2048, 8 heads, one encoder and one decoder layer,
 rmsprop, batch 64), built from KerasHub's TransformerEncoder/TransformerDecoder (pip install keras-hub:
 benchmark environment only). Every system trains for --budget seconds on the same random 90/5/5 split,
-in turns of --slice seconds (round robin, so a shared machine's load falls on all alike), then translates the same --test-sentences test sentences. BLEU is computed twice with sacrebleu: on the
+in turns of --slice seconds (round robin, so a shared machine's load falls on all alike), then translates the same --test-sentences test sentences.
+Before the budgets start, each system's train step is compiled for every batch shape it will see (the
+reference: one; kerazoo: one per length bucket) and those steps are undone, so no compile is in any budget.
+kerazoo's systems use the recipe's defaults (learning rate, warm-up, weight decay, no dropout, length buckets)
+at the widths given in `kerazoo_system`. BLEU is computed twice with sacrebleu: on the
 reference's normalisation (lower case, punctuation removed, as its TextVectorization sees text), the
 same for every system, and cased on raw text for kerazoo. Greedy decoding for every system, beam 4 for kerazoo.
 
@@ -13,6 +17,7 @@ same for every system, and cased on raw text for kerazoo. Greedy decoding for ev
 
 import argparse
 import contextlib
+import fcntl
 import importlib.util
 import pathlib
 import re
@@ -87,9 +92,9 @@ def kerazoo_system(kind, recipe, train, tokenizers, args):
     """A kerazoo translator built as `recipes/translate.py` builds it (its flags, its plan), and its decoder."""
     flags = ["--model", kind, "--max-length", "24", "--vocab-size", "8000", "--no-export"]
     if kind == "transformer":
-        flags += ["--d-model", "256", "--num-heads", "4", "--num-layers", "2", "--ff-dim", "1024", "--dropout", "0.1"]
+        flags += ["--d-model", "256", "--num-heads", "4", "--num-layers", "2", "--ff-dim", "1024"]
     else:
-        flags += ["--embedding-dim", "128", "--units", "256", "--dropout", "0.1"]
+        flags += ["--embedding-dim", "128", "--units", "256"]
     options = recipe.parse_args(flags)
     source_tokenizer, target_tokenizer = tokenizers
     start, end = (target_tokenizer.vocabulary.index(token) for token in (text.START, text.END))
@@ -105,9 +110,10 @@ def kerazoo_system(kind, recipe, train, tokenizers, args):
         else:
             model = models.rnn_seq2seq(source_tokenizer.vocabulary_size, target_tokenizer.vocabulary_size,
                                        options.embedding_dim, options.units, options.cell, options.dropout)
-        # The rate decays over about the steps the budget allows (--kerazoo-steps).
-        schedule = training.warmup_cosine(1e-3, 200, args.kerazoo_steps, 1e-4)
-        optimizer = training.adamw(schedule, weight_decay=0.01, global_clipnorm=1.0)
+        # The recipe's rate, warm-up and decay, the cosine over about the steps the budget allows (--kerazoo-steps).
+        schedule = training.warmup_cosine(options.learning_rate, options.warmup_steps, args.kerazoo_steps,
+                                          options.learning_rate / 10)
+        optimizer = training.adamw(schedule, weight_decay=options.weight_decay, global_clipnorm=1.0)
         return training.compile_model(model, plan, optimizer=optimizer,
                                       weighted_metrics=["sparse_categorical_accuracy"])
 
@@ -122,12 +128,55 @@ def kerazoo_system(kind, recipe, train, tokenizers, args):
     return dict(model=model, dataset=dataset, decode=decode, plan=plan)
 
 
+def warm_up(system):
+    """Compiles `system`'s train step for every batch shape it trains on, then undoes those steps.
+
+    One step per shape (the reference: one; kerazoo: one per length bucket) on batches of the real
+    dataset (same element spec, so `fit` reuses the compiled step), then the weights, optimizer state
+    and metrics are put back. Compiles are then outside every system's budget alike.
+    """
+    model, dataset = system["model"], system["dataset"]
+    widths = sorted({int(labels.shape[1]) for _, labels, *_ in dataset.take(200)})
+    batches = None
+    for width in widths:
+        one = dataset.filter(lambda inputs, labels, *rest, w=width: tf.shape(labels)[1] == w).take(1)
+        batches = one if batches is None else batches.concatenate(one)
+    weights = model.get_weights()
+    with system["plan"].scope() if "plan" in system else contextlib.nullcontext():
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        state = [v.numpy() for v in model.optimizer.variables]
+        started = time.perf_counter()
+        model.fit(batches, epochs=1, verbose=0, shuffle=False)
+    model.set_weights(weights)
+    for variable, value in zip(model.optimizer.variables, state):
+        variable.assign(value)
+    model.reset_metrics()
+    return widths, time.perf_counter() - started
+
+
 def train_slice(system, seconds):
     """Trains `system` for about `seconds` more (to the end of the step in progress)."""
     budget = training.TimeBudget(seconds)
     with system["plan"].scope() if "plan" in system else contextlib.nullcontext():
         system["model"].fit(system["dataset"], epochs=1000, callbacks=[budget], verbose=0, shuffle=False)
     system["train_seconds"] = system.get("train_seconds", 0.0) + budget.elapsed
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Holds an exclusive flock on `path` (waiting for it) inside the block; no lock when `path` is None."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as f:
+        waited = time.perf_counter()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        print(f"lock {path} held (waited {time.perf_counter() - waited:.0f}s)", flush=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def main():
@@ -140,6 +189,9 @@ def main():
     parser.add_argument("--systems", default="keras_io,transformer,rnn")
     parser.add_argument("--slice", type=float, default=60,
                         help="systems train in turn, this many seconds at a time (default: 60)")
+    parser.add_argument("--lock", metavar="PATH",
+                        help="hold an flock on PATH while the systems train (the timed part only; setup, "
+                             "compiles and decoding run outside it), e.g. /tmp/kerazoo-bench.lock")
     args = parser.parse_args()
     spec = importlib.util.spec_from_file_location("translate", RECIPE)
     recipe = importlib.util.module_from_spec(spec)
@@ -165,14 +217,19 @@ def main():
         print(f"[{name}] set up in {time.perf_counter() - started:.0f}s, "
               f"{systems[name]['model'].count_params():,} parameters", flush=True)
     systems.pop("tokenizers", None)
+    for name, system in systems.items():
+        widths, seconds = warm_up(system)
+        print(f"[{name}] train step compiled for batch widths {widths} in {seconds:.0f}s (outside the budget)",
+              flush=True)
     # Round robin in slices, so that the load of a shared machine falls on every system alike.
-    while any(r.get("train_seconds", 0.0) < args.budget for r in systems.values()):
-        for name, r in systems.items():
-            left = args.budget - r.get("train_seconds", 0.0)
-            if left > 0:
-                train_slice(r, min(args.slice, left))
-                r["steps"] = int(r["model"].optimizer.iterations.numpy())
-                print(f"[{name}] {r['train_seconds']:.0f}s trained, {r['steps']} steps", flush=True)
+    with locked(args.lock):
+        while any(r.get("train_seconds", 0.0) < args.budget for r in systems.values()):
+            for name, r in systems.items():
+                left = args.budget - r.get("train_seconds", 0.0)
+                if left > 0:
+                    train_slice(r, min(args.slice, left))
+                    r["steps"] = int(r["model"].optimizer.iterations.numpy())
+                    print(f"[{name}] {r['train_seconds']:.0f}s trained, {r['steps']} steps", flush=True)
     results = {}
     for name, r in systems.items():
         started = time.perf_counter()
