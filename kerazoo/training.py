@@ -674,6 +674,49 @@ def compile_model(model, plan, optimizer=None, loss=None, metrics=None, **compil
     return model
 
 
+def with_precision(model, precision):
+    """`model` with every layer in the dtype policy `precision`: itself if already so, else a rebuilt copy.
+
+    A `.keras` file keeps the dtype policy its model was built with, so a
+    backbone pretrained in mixed_bfloat16 would load, and fine-tune, in
+    bfloat16 whatever the fine-tuning plan says. The copy is built from the
+    model's config with each float policy replaced (quantized ones are left
+    alone) and given the same weights (variables are float32 under every
+    float policy).
+
+    Args:
+        model: a functional `keras.Model` (e.g. a loaded backbone).
+        precision: a float dtype policy name: "float32", "mixed_bfloat16", ...
+
+    Returns:
+        A model computing in `precision`, with `model`'s weights.
+
+    Example:
+
+    >>> dense = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, dtype="mixed_bfloat16")])
+    >>> with_precision(dense, "float32").layers[0].dtype_policy.name
+    'float32'
+    """
+    float_policies = ("DTypePolicy", "FloatDTypePolicy")
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    if all(layer.dtype_policy.name == precision for layer in layers
+           if type(layer.dtype_policy).__name__ in float_policies):
+        return model
+
+    def swap(node):
+        if isinstance(node, dict):
+            if node.get("class_name") in float_policies and isinstance(node.get("config"), dict):
+                return dict(node, config=dict(node["config"], name=precision))
+            return {key: swap(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [swap(value) for value in node]
+        return node
+
+    rebuilt = model.__class__.from_config(swap(model.get_config()))
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
 def plan_from_flags(args, build=None, batch=None, print_fn=print):
     """The training plan the runtime flags ask for (see `recipe_flags.add_runtime_flags`).
 

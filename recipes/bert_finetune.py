@@ -188,10 +188,15 @@ def load_tokenizer(args, train_texts):
 
 
 def load_backbone(args, tokenizer, plan):
-    """The pretrained backbone, or a fresh one of the flags' size, built under `plan`'s precision."""
+    """The pretrained backbone, or a fresh one of the flags' size, computing in `plan`'s precision.
+
+    A `.keras` file keeps the dtype policy it was trained in, so a loaded backbone is rebuilt in the plan's
+    (`training.with_precision`).
+    """
     with plan.scope():
         if not args.from_scratch:
-            return keras.models.load_model(_pretrained_files(args)["backbone.keras"])
+            return training.with_precision(keras.models.load_model(_pretrained_files(args)["backbone.keras"]),
+                                           plan.precision)
         return models.bert_backbone(tokenizer.vocabulary_size, args.max_length or 128, args.d_model,
                                     args.num_heads, args.num_layers, args.ff_dim, args.encoder_dropout)
 

@@ -429,3 +429,31 @@ def test_a_resumed_run_keeps_the_plan_saved_with_its_checkpoint(tmp_path):
     assert lines == [f"plan: from the checkpoint in {tmp_path}: timed earlier"]
     args.precision = "float32"  # flags that pin a plan win over the saved one
     assert training.plan_from_flags(args, print_fn=lines.append)[0].precision == "float32"
+
+
+def test_with_precision_rebuilds_a_saved_mixed_model_in_the_plans_precision(tmp_path):
+    def inputs():
+        return {"token_ids": np.array([[2, 7, 9, 3, 0]]), "segment_ids": np.zeros((1, 5), "int32"),
+                "padding_mask": np.array([[1, 1, 1, 1, 0]])}
+
+    keras.utils.set_random_seed(0)
+    with training.TrainingPlan("mixed_bfloat16", False, "test").policy_scope():
+        mixed = models.bert_backbone(20, max_length=8, d_model=16, num_heads=2, num_layers=1, ff_dim=32)
+    mixed.save(tmp_path / "mixed.keras")
+    loaded = keras.models.load_model(tmp_path / "mixed.keras")  # loads in bfloat16 whatever the global policy
+    assert loaded.get_layer("block_0").dtype_policy.name == "mixed_bfloat16"
+    as_float = training.with_precision(loaded, "float32")
+    assert {layer.dtype_policy.name for layer in as_float._flatten_layers(include_self=False)} == {"float32"}
+    # The oracle: the same architecture built in float32 from the start, given the same weights.
+    with training.TrainingPlan("float32", False, "test").policy_scope():
+        reference = models.bert_backbone(20, max_length=8, d_model=16, num_heads=2, num_layers=1, ff_dim=32)
+    reference.set_weights(mixed.get_weights())
+    for name, value in as_float(inputs()).items():
+        assert value.dtype == "float32"
+        np.testing.assert_allclose(value, reference(inputs())[name], atol=1e-6)
+    assert loaded(inputs())["sequence_output"].dtype == "bfloat16"
+    for a, b in zip(as_float.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert training.with_precision(as_float, "float32") is as_float
+    back = training.with_precision(as_float, "mixed_bfloat16")
+    assert back(inputs())["pooled_output"].dtype == "bfloat16"
