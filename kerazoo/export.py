@@ -21,10 +21,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kerazoo import generation, seq2seq_decoding
+from kerazoo import generation, nonfinite, seq2seq_decoding
 from kerazoo.text import END, START
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# A model's name: one folder name inside the export directory (recipe_flags checks --name with it too).
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def export_saved_model(model, directory, name, version=None, preprocessor=None, serve_fn=None,
@@ -70,6 +71,7 @@ def export_saved_model(model, directory, name, version=None, preprocessor=None, 
                          "`preprocessor` that maps strings to them (e.g. the adapted vectorizer).")
     tracked = model
     if quantize is not None:
+        nonfinite.check_finite_weights(model)  # before the float weights become int8 constants
         if serve_fn is not None:
             raise ValueError("`quantize` applies to the classifier outputs of `model`; with a `serve_fn`, "
                              "quantize the model it calls yourself (model.quantize('int8')).")
@@ -395,11 +397,14 @@ def _versions(path):
 
 
 def _write_version(directory, name, version, tracked, endpoints):
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
         raise ValueError(f"`name` must be a simple folder name (letters, digits, '.', '_', '-'); "
                          f"received {name!r}.")
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
         raise ValueError(f"`version` must be a positive integer; received {version!r}.")
+    for obj in tracked:
+        if isinstance(obj, keras.layers.Layer):
+            nonfinite.check_finite_weights(obj)  # TF Serving would serve NaNs from the newest version
     base = os.path.join(os.fspath(directory), name)
     os.makedirs(base, exist_ok=True)
     if version is not None and os.path.exists(os.path.join(base, str(version))):

@@ -21,15 +21,11 @@ import atexit
 import contextlib
 import math
 import os
-import re
 import shutil
 import tempfile
 
-from kerazoo import training
+from kerazoo import export, training
 
-# An export name is one folder (TF Serving's <base>/<name>/<version>/): no
-# separators, no "." or "..", nothing hidden.
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # Flags naming directories a recipe writes. Under multi-worker every worker
 # saves (reading or creating mirrored variables can be a collective op that
 # needs them all), and each task other than the chief writes into scratch.
@@ -259,7 +255,7 @@ def check_model_name(name, flag_name="--name"):
         name: the model name.
         flag_name: the flag it came from, for the message.
     """
-    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+    if not isinstance(name, str) or not export.MODEL_NAME.fullmatch(name):
         raise ValueError(f"{flag_name} must be a single folder name (letters, digits, '.', '_', '-', "
                          f"starting with a letter or digit); received {name!r}")
 

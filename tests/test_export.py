@@ -173,6 +173,19 @@ def test_export_argument_errors(tmp_path, classifier):
         export.export_saved_model(model, tmp_path, "m", preprocessor=vectorizer, serve_fn=ragged)
 
 
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_a_model_with_non_finite_weights_is_not_exported(tmp_path, quantize):
+    keras.utils.set_random_seed(3)
+    vectorizer = text.word_vectorizer(vocab_size=30, max_length=8)
+    vectorizer.adapt(TEXTS)
+    model = models.lstm_classifier(vocab_size=30, embedding_dim=4, lstm_units=4, max_length=8)
+    bias = model.layers[-1].bias
+    bias.assign(np.full(bias.shape, np.nan, "float32"))
+    with pytest.raises(FloatingPointError, match=f"weight {bias.path!r} holds 1 non-finite values"):
+        export.export_saved_model(model, tmp_path, "m", preprocessor=vectorizer, quantize=quantize)
+    assert not os.listdir(tmp_path)
+
+
 def test_text_generator_export_serves_in_a_strict_tf_only_process(tmp_path):
     corpus = ["the cat sat on the mat", "the dog sat on the log", "a cat is not a dog"] * 3
     tokenizer = text.WordPieceTokenizer.learn(corpus, vocab_size=60)
