@@ -151,6 +151,8 @@ def test_pretraining_dataset_batches(tokenizer):
     assert targets["mlm"].shape == (4, 4) and targets["nsp"].shape == (4,)
     assert weights["mlm"].dtype == tf.float32 and (weights["nsp"].numpy() == 1).all()
     assert (inputs["segment_ids"].numpy().max(1) == 1).all()  # every row is a pair
+    # tf.data autotuning off (data.prefetched): with it on, ending each fit stalled on the iterator's teardown.
+    assert ds.options().autotune.enabled is False
     with pytest.raises(ValueError, match="fewer than one batch"):
         text.pretraining_dataset(first, second, is_next, text.BertPreprocessor(tokenizer, 24), 4, batch_size=99)
 
@@ -159,10 +161,13 @@ def test_classification_dataset_cuts_batches_to_their_longest_text(tokenizer):
     preprocessor = text.BertPreprocessor(tokenizer, 64)
     texts = ["cat"] * 5 + [" ".join(["the dog sat"] * 8)] * 3
     labels = [0] * 5 + [1] * 3
-    batches = list(text.classification_dataset(texts, labels, preprocessor, batch_size=4, length_multiple=8))
+    ordered_ds = text.classification_dataset(texts, labels, preprocessor, batch_size=4, length_multiple=8)
+    batches = list(ordered_ds)
     longest = len(tokenizer(tf.constant(texts[-1:]))[0]) + 2  # [CLS] text [SEP]
     assert [b[0]["token_ids"].shape[1] for b in batches] == [8, -(-longest // 8) * 8]
     assert [b[1].numpy().tolist() for b in batches] == [[0, 0, 0, 0], [0, 1, 1, 1]]  # order kept
-    shuffled = list(text.classification_dataset(texts, labels, preprocessor, batch_size=4, shuffle=True,
-                                                length_multiple=8))
+    shuffled_ds = text.classification_dataset(texts, labels, preprocessor, batch_size=4, shuffle=True,
+                                              length_multiple=8)
+    shuffled = list(shuffled_ds)
     assert sorted(int(y) for b in shuffled for y in b[1]) == sorted(labels)
+    assert [ds.options().autotune.enabled for ds in (shuffled_ds, ordered_ds)] == [False, False]

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerazoo.data.corpus import prefetched
 from kerazoo.text.tokenizers import SPECIAL_TOKENS, WordPieceTokenizer
 
 CLS, SEP, MASK = "[CLS]", "[SEP]", "[MASK]"
@@ -293,7 +294,7 @@ def pretraining_dataset(first, second, is_next, preprocessor, max_predictions, b
                 {"mlm": masked["masked_weights"], "nsp": tf.ones_like(label, tf.float32)})
 
     ds = ds.batch(batch_size, drop_remainder=True).map(features, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return prefetched(ds)
 
 
 def classification_dataset(texts, labels, preprocessor, batch_size, shuffle=False, seed=0,
@@ -345,4 +346,4 @@ def classification_dataset(texts, labels, preprocessor, batch_size, shuffle=Fals
         ds = ds.bucket_by_sequence_length(real_tokens, boundaries, [batch_size] * (len(boundaries) + 1))
     else:
         ds = ds.batch(batch_size).map(pack, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return prefetched(ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE))
