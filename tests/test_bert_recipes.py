@@ -46,7 +46,7 @@ def test_finetune_without_a_pretrained_encoder_says_what_to_run(tmp_path):
 
 def test_finetune_from_scratch_times_its_plan_and_exports(tmp_path, capsys):
     assert _load("bert_finetune").main([
-        "--from-scratch", "--vocab-size", "150", "--max-length", "24", "--d-model", "16", "--num-heads", "2",
+        "--from-scratch", "--vocab-size", "150", "--max-length", "16", "--d-model", "16", "--num-heads", "2",
         "--num-layers", "1", "--ff-dim", "32", "--max-train-examples", "64", "--validation-split", "0.02",
         "--batch-size", "16", "--epochs", "1", "--export-dir", str(tmp_path), "--name", "tiny", "--verbose", "0"]) == 0
     out = capsys.readouterr().out
