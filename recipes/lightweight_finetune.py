@@ -28,7 +28,9 @@ is never used to choose).
 Writes OUT_DIR/results.md, results.csv (one row per run), results.png (matplotlib: pip install
 kerazoo[plots]), selection.csv with --select-rate-factors, and each run's shipped file
 (OUT_DIR/<method>.npz, <method>.seed<S>.npz with --seeds: only what the method changed, from
-kerazoo.finetune.save_adapters).
+kerazoo.finetune.save_adapters). Each run's result is kept in OUT_DIR/runs/ as soon as it finishes;
+the same command run again reuses those and runs only what is missing, so a comparison that was
+stopped resumes where it stopped (a run counts as done only for the exact same flags).
 """
 
 import argparse
@@ -422,6 +424,18 @@ def write_outputs(results, out_dir, title, selection=()):
     return markdown
 
 
+def finished_run(path, command):
+    """The result kept at `path` by an earlier run of exactly `command`, else None (also when unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(result, dict) or result.pop("command", None) != command:
+        return None
+    return result
+
+
 def main(argv=None):
     args = parse_args(argv)
     with training.quiet_logs(args):
@@ -439,15 +453,23 @@ def run(args):
     bert_finetune.load_data(args)  # errors and sizes once, before any method runs
 
     def child(method, repeat, extra=()):
-        """Runs one method in its own process; returns its result dict."""
-        print(f"--- {method}, seed {args.seed + repeat}" + "".join(f" {flag}" for flag in extra), flush=True)
+        """Runs one method in its own process, unless a run with the same flags left its result; returns it."""
+        label = f"{method}, seed {args.seed + repeat}" + "".join(f" {flag}" for flag in extra)
+        command = [*args.argv, "--only", method, "--repeat", str(repeat), *extra]
+        kept = os.path.join(args.out_dir, "runs", f"{method}.seed{args.seed + repeat}"
+                            + "".join(f".{flag.lstrip('-')}" for flag in extra) + ".json")
+        result = finished_run(kept, command)
+        if result is not None:
+            print(f"--- {label}: done before, reusing {kept}", flush=True)
+            return result
+        print(f"--- {label}", flush=True)
         path = os.path.join(args.out_dir, f"run-{os.getpid()}.json")
-        status = subprocess.run([sys.executable, os.path.abspath(__file__), *args.argv, "--only", method,
-                                 "--repeat", str(repeat), "--result", path, *extra]).returncode
+        status = subprocess.run([sys.executable, os.path.abspath(__file__), *command, "--result", path]).returncode
         if status:
             raise SystemExit(f"error: method {method} failed (exit status {status})")
         with open(path, encoding="utf-8") as f:
             result = json.load(f)
+        training.write_json_atomically(kept, dict(result, command=command))
         os.remove(path)
         return result
 

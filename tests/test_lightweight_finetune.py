@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from kerazoo import data, finetune, models, text
+from kerazoo import data, finetune, models, text, training
 
 RECIPE = pathlib.Path(__file__).resolve().parent.parent / "recipes" / "lightweight_finetune.py"
 
@@ -162,6 +162,37 @@ def test_the_chosen_rate_has_the_best_mean_held_out_accuracy_and_ties_go_low(rec
                  _run("full", 1, 0.76, 3e-4), _run("lora-8", 0, 0.70, 3e-3), _run("lora-8", 0, 0.70, 1e-3),
                  _run("lora-8", 0, 0.60, 1e-2)]
     assert recipe.choose_rates(selection) == {"full": 3e-4, "lora-8": 1e-3}
+
+
+def test_a_stopped_comparison_run_again_reuses_the_runs_that_finished(recipe, pretrained, tmp_path, monkeypatch,
+                                                                       capsys):
+    """The parent's side: each child (faked: flags in, a result JSON out) is kept as it finishes; the same
+    command again runs only what is missing, and other flags are other runs."""
+    calls, failing = [], {"prompt-2"}
+
+    def child_process(command):
+        flags = command[2:]
+        method = flags[flags.index("--only") + 1]
+        if method in failing:
+            return type("Completed", (), {"returncode": 1})
+        calls.append(method)
+        training.write_json_atomically(flags[flags.index("--result") + 1], dict(_run(method, 0, 0.5), plan="p"))
+        return type("Completed", (), {"returncode": 0})
+
+    monkeypatch.setattr(recipe.subprocess, "run", child_process)
+    argv = ["--pretrained", str(pretrained), "--max-train-examples", "48", "--steps", "1", "--batch-size", "8",
+            "--out-dir", str(tmp_path), "--methods", "head,prompt-2"]
+    with pytest.raises(SystemExit, match="method prompt-2 failed"):
+        recipe.main(argv)
+    assert calls == ["head"] and sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["head.seed0.json"]
+    failing.clear()
+    capsys.readouterr()
+    assert recipe.main(argv) == 0
+    assert calls == ["head", "prompt-2"]
+    assert f"--- head, seed 0: done before, reusing {tmp_path / 'runs' / 'head.seed0.json'}" in capsys.readouterr().out
+    assert [r["method"] for r in csv.DictReader(open(tmp_path / "results.csv"))] == ["head", "prompt-2"]
+    assert recipe.main(argv[:5] + ["2"] + argv[6:]) == 0  # --steps 2: both run again
+    assert calls == ["head", "prompt-2", "head", "prompt-2"]
 
 
 @pytest.mark.slow  # eight fine-tuning runs: about 30 s on a quiet machine
