@@ -297,6 +297,14 @@ def pretraining_dataset(first, second, is_next, preprocessor, max_predictions, b
     return prefetched(ds)
 
 
+def _bucketed_batches(texts, preprocessor, boundaries, batch_size):
+    """How many batches `bucket_by_sequence_length` makes of `texts`: each bucket's count over `batch_size`, rounded up."""
+    lengths = np.concatenate([np.sum(preprocessor(tf.constant(texts[start:start + 4096]))["padding_mask"], axis=1)
+                              for start in range(0, len(texts), 4096)])
+    counts = np.bincount(np.searchsorted(boundaries, lengths, side="right"))
+    return int(np.sum(-(-counts // batch_size)))
+
+
 def classification_dataset(texts, labels, preprocessor, batch_size, shuffle=False, seed=0,
                            length_multiple=16):
     """Texts and labels → `(packed inputs, label)` batches for a `models.bert_classifier`.
@@ -305,8 +313,9 @@ def classification_dataset(texts, labels, preprocessor, batch_size, shuffle=Fals
     `length_multiple` (few distinct shapes, so few retraces), instead of
     always `preprocessor.max_length`: short texts then cost less. With
     `shuffle=True` (training) texts of similar length are also batched
-    together (`bucket_by_sequence_length`); without it the order is kept, so
-    predictions line up with `labels`.
+    together (`bucket_by_sequence_length`; the texts are tokenized once up
+    front to count the batches, so the dataset's cardinality stays known);
+    without it the order is kept, so predictions line up with `labels`.
 
     Args:
         texts: a list of strings.
@@ -344,6 +353,10 @@ def classification_dataset(texts, labels, preprocessor, batch_size, shuffle=Fals
         ds = ds.batch(256).map(pack, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
         boundaries = list(range(length_multiple + 1, max_length + 1, length_multiple))
         ds = ds.bucket_by_sequence_length(real_tokens, boundaries, [batch_size] * (len(boundaries) + 1))
+        # Bucketing hides the number of batches: Keras would meet the end of the first epoch
+        # unannounced ("Your input ran out of data") with no total in its progress bar.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(
+            _bucketed_batches(texts, preprocessor, boundaries, batch_size)))
     else:
         ds = ds.batch(batch_size).map(pack, num_parallel_calls=tf.data.AUTOTUNE)
     return prefetched(ds.map(trim, num_parallel_calls=tf.data.AUTOTUNE))
