@@ -656,7 +656,10 @@ def compile_model(model, plan, optimizer=None, loss=None, metrics=None, **compil
             train it there too when the plan has `xla_fusion`).
         plan: a `TrainingPlan` from `select_plan`.
         optimizer: an optimizer; defaults to `adamw()`.
-        loss: the loss; defaults to sparse categorical cross-entropy on logits.
+        loss: the loss; defaults to sparse categorical cross-entropy on logits,
+            averaged over the weighted positions: with 0/1 sample weights
+            (padding) it is the mean over real tokens, where Keras's default
+            reduction divides by every position, padding included.
         metrics: optional metrics.
         **compile_kwargs: passed on to `model.compile`.
 
@@ -669,7 +672,7 @@ def compile_model(model, plan, optimizer=None, loss=None, metrics=None, **compil
     if isinstance(optimizer, keras.optimizers.AdamW):
         optimizer.exclude_from_weight_decay(
             var_list=[v for v in model.trainable_variables if len(v.shape) < 2])
-    loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                   jit_compile=plan.jit_compile, **compile_kwargs)
     return model

@@ -92,6 +92,19 @@ def test_adamw_decays_matrices_but_not_vectors():
         np.testing.assert_array_equal(new, old)
 
 
+def test_the_default_loss_averages_over_the_weighted_positions_only(rng):
+    """Padding (weight 0) must not dilute the loss: numpy's mean cross-entropy over the real tokens."""
+    logits = rng.normal(size=(3, 5, 7)).astype("float32")
+    labels = rng.integers(0, 7, size=(3, 5))
+    weights = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], "float32")
+    model = keras.Sequential([keras.Input((5, 7)), keras.layers.Identity()])
+    training.compile_model(model, training.TrainingPlan("float32", False, "test"))
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(log_probs, labels[..., None], -1)[..., 0][weights > 0].mean()
+    loss = model.evaluate(logits, labels, sample_weight=weights, batch_size=3, verbose=0)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
 def test_xla_fusion_plan_trains_like_the_plain_bfloat16_plan(rng):
     ids = rng.integers(0, 20, size=(8, 9))
     losses = {}
