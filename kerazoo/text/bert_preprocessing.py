@@ -298,7 +298,11 @@ def pretraining_dataset(first, second, is_next, preprocessor, max_predictions, b
 
 
 def _bucketed_batches(texts, preprocessor, boundaries, batch_size):
-    """How many batches `bucket_by_sequence_length` makes of `texts`: each bucket's count over `batch_size`, rounded up."""
+    """How many batches `bucket_by_sequence_length` makes of `texts`.
+
+    Each length bucket's count over `batch_size`, rounded up. One tokenization
+    pass that keeps only the lengths, not the packed texts.
+    """
     lengths = np.concatenate([np.sum(preprocessor(tf.constant(texts[start:start + 4096]))["padding_mask"], axis=1)
                               for start in range(0, len(texts), 4096)])
     counts = np.bincount(np.searchsorted(boundaries, lengths, side="right"))
