@@ -23,6 +23,7 @@ import os
 import sys
 import time
 
+import kerazoo  # noqa: F401 (before TensorFlow: its import notices stay hidden)
 import keras
 import numpy as np
 import tensorflow as tf

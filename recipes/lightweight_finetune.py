@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 
+import kerazoo  # noqa: F401 (before TensorFlow: its import notices stay hidden)
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -1,9 +1,12 @@
 """Recipes run end to end on tiny settings; the classifier's export serves like the Keras model."""
 
+import ast
 import importlib.util
 import json
 import os
 import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -21,6 +24,24 @@ def _load(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_recipes_import_kerazoo_before_tensorflow():
+    # kerazoo's import hides TensorFlow's native import notices (CUDA stubs,
+    # CPU features), but only when TensorFlow is not imported before it.
+    for path in sorted(RECIPES.glob("*.py")):
+        roots = [(node.names[0].name if isinstance(node, ast.Import) else node.module).split(".")[0]
+                 for node in ast.parse(path.read_text()).body if isinstance(node, (ast.Import, ast.ImportFrom))]
+        first = next((root for root in roots if root in ("kerazoo", "keras", "tensorflow", "tensorflow_text")), None)
+        assert first == "kerazoo", f"{path.name} imports {first} before kerazoo"
+
+
+def test_recipe_prints_no_native_log_lines():
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, str(RECIPES / "bert_finetune.py"), "--help"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0 and "--pretrained" in result.stdout
+    assert result.stderr == ""
 
 
 def test_smoke_recipe_trains_saves_and_reloads(capsys):
