@@ -129,7 +129,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         # Scaling the queries costs seq*head_dim multiplies; scaling the
         # scores would cost seq*seq.
         query = query * ops.cast(self._head_dim ** -0.5, query.dtype)
-        scores = ops.einsum("bhqd,bhkd->bhqk", query, key)
+        if query.shape[2] == 1:
+            # One query (a decoding step): keys times the query vector, so
+            # that XLA does not transpose (copy) the whole key cache per step.
+            scores = ops.swapaxes(ops.matmul(key, ops.swapaxes(query, 2, 3)), 2, 3)
+        else:
+            scores = ops.einsum("bhqd,bhkd->bhqk", query, key)
         probs = self._masked_softmax(scores, padding_mask, query_offset=query_offset)
         probs = self.dropout_layer(probs, training=training)
         context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
