@@ -87,7 +87,7 @@ def main():
     parser.add_argument("--min-count", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2, help="gensim threads (default: 2)")
-    parser.add_argument("--batch-size", type=int, default=1024, help="kerazoo pairs per step (default: 1024)")
+    parser.add_argument("--batch-size", type=int, default=1024, help="kerazoo words per SGD update (default: 1024)")
     parser.add_argument("--learning-rate", type=float, default=0.025,
                         help="kerazoo SGD rate, gensim's alpha (default: 0.025)")
     parser.add_argument("--repeats", type=int, default=1)

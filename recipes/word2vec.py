@@ -41,7 +41,8 @@ def parse_args(argv=None):
     fit = parser.add_argument_group("training")
     fit.add_argument("--epochs", type=int, default=5, help="(default: 5)")
     fit.add_argument("--batch-size", type=int, default=1024,
-                     help="pairs per step (default: 1024; 128 for the sample)")
+                     help="words per SGD update, each with its window (about window + 1 pairs a word; "
+                          "16 updates per compiled step) (default: 1024; 128 for the sample)")
     fit.add_argument("--learning-rate", type=float, default=0.025,
                      help="word2vec's SGD rate, decayed linearly to 1/250 of it (word2vec's 0.025 -> "
                           "0.0001) (default: 0.025)")
@@ -88,17 +89,17 @@ def train(args, sentences, batch_size):
     ids, sentence_of = data.encode_words(sentences, words)
     print(f"vocabulary: {len(words):,} words (min count {args.min_count}); {ids.size:,} tokens in "
           f"{len(sentences):,} sentences")
-    dataset = data.skipgram_dataset(ids, sentence_of, counts, args.window, args.negatives, args.sample,
-                                    batch_size, args.seed)
-    # Steps per epoch vary with the random windows; the expected count sizes the linear decay.
-    keep = data.keep_probabilities(counts, args.sample)
-    expected_pairs = (keep[ids].sum()) * (args.window + 1)
-    total_steps = max(2, int(args.epochs * expected_pairs / batch_size))
+    updates_per_step = 16  # SGD updates per compiled step: fewer, longer steps cost less overhead
+    dataset = data.skipgram_dataset(ids, sentence_of, counts, args.window, args.sample, batch_size, updates_per_step,
+                                    seed=args.seed)
+    # Steps per epoch vary with sub-sampling; the expected count sizes the linear decay.
+    expected_words = data.keep_probabilities(counts, args.sample)[ids].sum()
+    total_steps = max(2, int(args.epochs * expected_words / (batch_size * updates_per_step)))
     schedule = keras.optimizers.schedules.PolynomialDecay(args.learning_rate, total_steps,
                                                           args.learning_rate / 250)
 
     def build(plan):
-        model = models.word2vec(len(words), args.embedding_dim)  # SGD: word2vec's sparse update
+        model = models.word2vec(len(words), args.embedding_dim, args.negatives)  # SGD: word2vec's sparse update
         return training.compile_model(model, plan, optimizer=keras.optimizers.SGD(schedule),
                                       loss=keras.losses.BinaryCrossentropy(from_logits=True))
 

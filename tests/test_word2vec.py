@@ -4,6 +4,8 @@ import collections
 import importlib.util
 import os
 import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -55,27 +57,41 @@ def test_sub_sampling_and_negative_tables_match_their_formulas():
     np.testing.assert_allclose(kept, keep, atol=0.02)
 
 
-def test_dataset_candidates_are_the_context_then_unigram_075_negatives():
-    sentences = [["a", "b", "a", "c", "a", "b", "d", "a"]] * 50
+def _window_pairs_oracle(windows):
+    """(chunk, target position, context position) of every pair a window batch holds, by its documented contract."""
+    tokens, sentences, widths, centres = (np.asarray(windows[key]).reshape(-1, np.shape(windows[key])[-1])
+                                          for key in ("tokens", "sentences", "widths", "centres"))
+    margin = (tokens.shape[1] - centres.shape[1]) // 2
+    np.testing.assert_array_equal(centres, tokens[:, margin:margin + centres.shape[1]])
+    return [(c, j, l) for c in range(len(tokens)) for l in range(margin, margin + centres.shape[1])
+            for j in range(tokens.shape[1])
+            if j != l and abs(j - l) <= widths[c, j] and sentences[c, j] == sentences[c, l]]
+
+
+def test_dataset_windows_hold_exactly_the_epochs_pairs_and_unigram_075_negatives():
+    sentences = [["a", "b", "a", "c", "a", "b", "d", "a"], ["b", "c"], ["d"]] * 20
     words, counts = data.build_vocabulary(sentences, min_count=1)
-    assert words == ["a", "b", "c", "d"] and counts.tolist() == [200, 100, 50, 50]
+    assert words == ["a", "b", "c", "d"] and counts.tolist() == [80, 60, 40, 40]
     ids, sentence_of = data.encode_words(sentences, words)
-    dataset = data.skipgram_dataset(ids, sentence_of, counts, window=2, num_negatives=4, sample=0,
-                                    batch_size=64, seed=3)
-    contexts, negatives, targets = [], [], []
-    for _ in range(3):  # epochs
-        for (target, candidates), labels in dataset:
-            assert labels.numpy()[:, 0].tolist() == [1.0] * len(target)
-            assert not labels.numpy()[:, 1:].any()
-            targets.append(target.numpy())
-            contexts.append(candidates.numpy()[:, 0])
-            negatives.append(candidates.numpy()[:, 1:].ravel())
-    expected = data.skipgram_pairs(ids, sentence_of, 2, np.random.default_rng(3), np.ones(4))  # same draws
-    assert sorted(zip(np.concatenate(targets)[:len(expected[0])].tolist(),
-                      np.concatenate(contexts)[:len(expected[0])].tolist())) == sorted(
-        zip(*(e.tolist() for e in expected)))
-    share = np.bincount(np.concatenate(negatives), minlength=4) / np.concatenate(negatives).size
-    np.testing.assert_allclose(share, data.negative_distribution(counts), atol=0.01)
+    keep = data.keep_probabilities(counts, 0.05)
+    assert 0.4 < keep[0] < 0.6 and keep[-1] < 1  # sub-sampling on: windows must use skipgram_pairs' draws
+    dataset = data.skipgram_dataset(ids, sentence_of, counts, window=2, sample=0.05, batch_size=24,
+                                    updates_per_step=3, shared_negatives=7, chunk_length=10, seed=3)
+    negatives = []
+    for epoch_seed in range(3, 43):
+        pairs = []
+        for windows in dataset:
+            assert windows["tokens"].shape.as_list() == [3, 3, 14] and windows["negatives"].shape[1:] == [3, 7]
+            if epoch_seed < 6:
+                tokens = windows["tokens"].numpy().reshape(-1, 14)
+                pairs += [(tokens[c, j], tokens[c, l]) for c, j, l in _window_pairs_oracle(windows)]
+            negatives.append(windows["negatives"].numpy().ravel())
+        if epoch_seed < 6:
+            expected = data.skipgram_pairs(ids, sentence_of, 2, np.random.default_rng(epoch_seed), keep)
+            assert len(pairs) > 100 and sorted(pairs) == sorted(zip(*(e.tolist() for e in expected)))
+    negatives = np.concatenate(negatives)
+    np.testing.assert_allclose(np.bincount(negatives, minlength=4) / negatives.size,
+                               data.negative_distribution(counts), atol=0.03)
 
 
 @pytest.mark.parametrize("optimizer", [
@@ -100,8 +116,8 @@ def test_planted_pairs_become_nearest_neighbours(optimizer):
     model = models.word2vec(len(words), 16)
     training.compile_model(model, training.select_plan("float32", jit_compile=True),
                            optimizer=optimizer(), loss=keras.losses.BinaryCrossentropy(from_logits=True))
-    model.fit(data.skipgram_dataset(ids, sentence_of, counts, window=1, num_negatives=5, sample=0,
-                                    batch_size=512), epochs=3, verbose=0)
+    model.fit(data.skipgram_dataset(ids, sentence_of, counts, window=1, sample=0, batch_size=128,
+                                    updates_per_step=4), epochs=3, verbose=0)
     vectors = model.get_layer("target_embedding").embeddings.numpy()
     index = {w: i for i, w in enumerate(words)}
     queries = [index[p] for p, _ in planted]
@@ -162,6 +178,18 @@ def test_word2vec_recipe_writes_projector_files_and_model(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "out")) == ["word2vec.keras", "word2vec.metadata.tsv", "word2vec.vectors.tsv"]
 
 
+def test_word2vec_recipe_trains_under_a_mirrored_strategy(tmp_path):
+    # Two replicas: the pairs are listed (window_pairs) for Keras's all-reducing step; a fresh
+    # process, since logical devices are set up before TensorFlow starts.
+    result = subprocess.run([sys.executable, str(RECIPES / "word2vec.py"), "--strategy", "mirrored", "--epochs", "2",
+                             "--embedding-dim", "8", "--export-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 replicas in sync" in result.stdout and "done: 2 epochs" in result.stdout
+    contexts = keras.models.load_model(tmp_path / "word2vec.keras").get_layer("context_embedding").embeddings.numpy()
+    assert np.isfinite(contexts).all() and np.abs(contexts).max() > 0  # the context table starts at zero
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--window", "0"], "--window must be an integer >= 1"),
     (["--sample", "2"], "--sample must be a finite number"),
@@ -185,33 +213,61 @@ def test_word2vec_model_scores_are_dot_products(rng):
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
-def test_sgd_train_step_is_word2vecs_sparse_update(rng, jit_compile):
-    vocab, dim, rate = 7, 3, 0.1
-    model = models.word2vec(vocab, dim)
-    target_table, context_table = rng.normal(size=(2, vocab, dim)).astype("float32")
+def test_sgd_train_step_is_word2vecs_sparse_update_for_every_pair(rng, jit_compile):
+    sentences = [[f"w{i}" for i in rng.integers(0, 9, size=rng.integers(1, 9))] for _ in range(40)]
+    words, counts = data.build_vocabulary(sentences, min_count=1)
+    ids, sentence_of = data.encode_words(sentences, words)
+    windows = next(iter(data.skipgram_dataset(ids, sentence_of, counts, window=3, sample=0, batch_size=16,
+                                              updates_per_step=2, shared_negatives=4, chunk_length=8)))
+    vocab, dim, rate, negatives_per_pair = len(words), 5, 0.05, 3
+    model = models.word2vec(vocab, dim, negatives_per_pair)
+    target_table, context_table = (rng.normal(size=(2, vocab, dim)) * 0.5).astype("float32")
     model.get_layer("target_embedding").embeddings.assign(target_table)
     model.get_layer("context_embedding").embeddings.assign(context_table)
     model.compile(optimizer=keras.optimizers.SGD(rate), loss=keras.losses.BinaryCrossentropy(from_logits=True),
                   jit_compile=jit_compile)
-    targets = np.array([0, 2, 2, 5], "int32")  # repeated rows get the sum of their updates
-    candidates = np.array([[1, 3, 3], [0, 6, 2], [4, 2, 1], [5, 1, 0]], "int32")
-    labels = np.tile(np.array([1.0, 0.0, 0.0], "float32"), (4, 1))
-    loss = model.train_on_batch((targets, candidates), labels, return_dict=True)["loss"]
-    # word2vec.c's step for every (target, candidate) pair, from the vectors before the step.
-    t, c = target_table[targets], context_table[candidates]
-    logits = np.einsum("bd,bkd->bk", t, c)
-    sigmoid = 1 / (1 + np.exp(-logits))
-    error = rate * (sigmoid - labels)
-    expected_targets, expected_contexts = target_table.copy(), context_table.copy()
-    np.add.at(expected_targets, targets, -np.einsum("bk,bkd->bd", error, c))
-    np.add.at(expected_contexts, candidates.ravel(), -(error[:, :, None] * t[:, None, :]).reshape(-1, dim))
-    np.testing.assert_allclose(model.get_layer("target_embedding").embeddings.numpy(), expected_targets,
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(model.get_layer("context_embedding").embeddings.numpy(), expected_contexts,
-                               rtol=1e-5, atol=1e-6)
-    bce = -(labels * np.log(sigmoid) + (1 - labels) * np.log(1 - sigmoid))
-    assert loss == pytest.approx(bce.mean(), rel=1e-5)
+    loss = model.train_on_batch(windows, return_dict=True)["loss"]
+    # word2vec.c's step for every pair of each update in turn (each from the vectors before it): the
+    # true context with label 1, each of the chunk's shared negatives with label 0 and weight 3 / 4.
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    targets, contexts, losses = target_table.copy(), context_table.copy(), []
+    for update in range(2):
+        part = {key: value[update] for key, value in windows.items()}
+        tokens, shared = part["tokens"].numpy(), part["negatives"].numpy()
+        before_t, before_c = targets.copy(), contexts.copy()
+        for c, j, l in _window_pairs_oracle(part):
+            t = tokens[c, j]
+            for candidate, label, weight in [(tokens[c, l], 1.0, 1.0)] + [(n, 0.0, 3 / 4) for n in shared[c]]:
+                p = sigmoid(before_t[t] @ before_c[candidate])
+                targets[t] -= rate * weight * (p - label) * before_c[candidate]
+                contexts[candidate] -= rate * weight * (p - label) * before_t[t]
+                losses.append((weight, -np.log(p if label else 1 - p)))
+    assert len(losses) > 50
+    np.testing.assert_allclose(model.get_layer("target_embedding").embeddings.numpy(), targets, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.get_layer("context_embedding").embeddings.numpy(), contexts, rtol=1e-4, atol=1e-5)
+    weights, values = np.array(losses).T
+    assert loss == pytest.approx((weights * values).sum() / (len(losses) / 5 * 4), rel=1e-4)  # per score: 1 + 3
     assert int(model.optimizer.iterations.numpy()) == 1
+
+
+def test_window_pairs_list_the_same_pairs_for_keras_own_step(rng):
+    sentences = [[f"w{i}" for i in rng.integers(0, 9, size=rng.integers(1, 9))] for _ in range(40)]
+    words, counts = data.build_vocabulary(sentences, min_count=1)
+    ids, sentence_of = data.encode_words(sentences, words)
+    windows = next(iter(data.skipgram_dataset(ids, sentence_of, counts, window=3, sample=0, batch_size=16,
+                                              updates_per_step=2, shared_negatives=4, chunk_length=8)))
+    (targets, candidates), labels, weights = models.window_pairs(windows, num_negatives=3)
+    listed = weights.numpy() > 0
+    tokens = windows["tokens"].numpy().reshape(-1, 14)
+    negatives = windows["negatives"].numpy().reshape(-1, 4)
+    expected = sorted((tokens[c, j], tokens[c, l], c) for c, j, l in _window_pairs_oracle(windows))
+    chunk = np.arange(len(targets)) // (8 * 6)
+    assert sorted(zip(targets.numpy()[listed], candidates.numpy()[listed, 0], chunk[listed])) == expected
+    assert np.isin(candidates.numpy()[:, 1:], negatives[chunk]).reshape(len(chunk), -1).all(axis=1).all()
+    np.testing.assert_array_equal(labels.numpy(), np.tile([1.0, 0, 0, 0], (len(targets), 1)))
+    np.testing.assert_array_equal(np.unique(weights.numpy()), [0.0, 1.0])
+    with pytest.raises(ValueError, match="skipgram_dataset"):
+        models.word2vec(9, 4).train_step(((np.zeros(3, "int32"), np.zeros((3, 2), "int32")), np.zeros((3, 2))))
 
 
 def test_skipgram_model_reloads_from_keras_file(tmp_path, rng):

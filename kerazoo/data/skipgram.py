@@ -1,12 +1,13 @@
-"""Skip-gram training pairs for word2vec: vocabulary, sub-sampling, windows and negatives, as a `tf.data` pipeline.
+"""Skip-gram training data for word2vec: vocabulary, sub-sampling, windows and negatives, as a `tf.data` pipeline.
 
 Each epoch draws afresh, as word2vec and gensim do: frequent words are
 dropped with the sub-sampling probability, each kept word gets a window
 width uniform in [1, window], every (word, neighbour) pair inside it is a
-positive example, and `num_negatives` words drawn from the unigram
-distribution raised to 0.75 are its negatives. The pairs are vectorised numpy
-over the whole corpus (one array op per window offset), not a Python loop
-over words; batches and their negatives are cut and drawn in TensorFlow.
+positive example, and words drawn from the unigram distribution raised to
+0.75 are negatives. The draws are vectorised numpy over the whole corpus,
+not a Python loop over words; the batches hold the pairs as windows of
+consecutive words (a pair is two positions of a window, not two listed ids),
+and their negatives are drawn in TensorFlow.
 """
 
 import collections
@@ -99,25 +100,44 @@ def negative_distribution(counts, power=0.75):
     return weights / weights.sum()
 
 
+def draw_epoch(ids, sentence_of, window, rng, keep=None):
+    """One epoch's random draws: the sub-sampled corpus and each kept word's window width.
+
+    Args:
+        ids: int32 corpus ids (`encode_words`).
+        sentence_of: the sentence number of each id.
+        window: the largest width.
+        rng: a `numpy.random.Generator`.
+        keep: optional `keep_probabilities`; each occurrence is kept with its
+            word's probability.
+
+    Returns:
+        `(ids, sentence_of, widths)` of the kept words; widths are uniform in
+        [1, window] (word2vec's "reduced window").
+    """
+    if keep is not None:
+        kept = rng.random(len(ids)) < keep[ids]
+        ids, sentence_of = ids[kept], sentence_of[kept]
+    return ids, sentence_of, rng.integers(1, window + 1, size=len(ids)).astype(np.int32)
+
+
 def skipgram_pairs(ids, sentence_of, window, rng, keep=None):
-    """(target, context) pairs of one epoch.
+    """(target, context) pairs of one epoch: every context within the target's width, in its sentence.
+
+    These are the pairs `skipgram_dataset` trains on, drawn with the same
+    random draws (`draw_epoch`); the dataset holds them as windows instead.
 
     Args:
         ids: int32 corpus ids (`encode_words`).
         sentence_of: the sentence number of each id; windows never cross sentences.
         window: the largest distance between a target and its context.
         rng: a `numpy.random.Generator`.
-        keep: optional `keep_probabilities`; each occurrence is kept with its
-            word's probability before windows are formed.
+        keep: optional `keep_probabilities` (sub-sampling, see `draw_epoch`).
 
     Returns:
         `(targets, contexts)`: int32 arrays.
     """
-    if keep is not None:
-        kept = rng.random(len(ids)) < keep[ids]
-        ids, sentence_of = ids[kept], sentence_of[kept]
-    # word2vec's "reduced window": each target's width is uniform in [1, window].
-    width = rng.integers(1, window + 1, size=len(ids))
+    ids, sentence_of, width = draw_epoch(ids, sentence_of, window, rng, keep)
     targets, contexts = [], []
     for offset in range(1, window + 1):
         same = (sentence_of[offset:] == sentence_of[:-offset]) if offset < len(ids) else np.zeros(0, bool)
@@ -129,63 +149,121 @@ def skipgram_pairs(ids, sentence_of, window, rng, keep=None):
     return np.concatenate(targets).astype(np.int32), np.concatenate(contexts).astype(np.int32)
 
 
-def skipgram_dataset(ids, sentence_of, counts, window=5, num_negatives=5, sample=1e-3, batch_size=4096,
-                     seed=0):
-    """A `tf.data.Dataset` of skip-gram batches, drawn afresh every epoch.
+def window_chunks(ids, sentence_of, widths, window, chunk_length):
+    """The kept words cut into chunks of `chunk_length` consecutive words, each with `window` words either side.
 
-    Each element is `((targets (batch,), candidates (batch, 1 + num_negatives)),
-    labels (batch, 1 + num_negatives))`: the first candidate is the true
-    context (label 1), the others negatives (label 0) from
-    `negative_distribution(counts)`. Per epoch, the pairs are made by
-    `skipgram_pairs` (numpy, vectorised over the corpus) and shuffled; the
-    batches are slices of those arrays, and each batch's negatives are drawn
-    in TensorFlow (a stateless uniform draw seeded by epoch and batch, then a
-    search of the cumulative distribution), so tf.data's threads do the
-    per-batch work, not Python.
+    Chunk c owns words [c * chunk_length, (c + 1) * chunk_length) (its
+    "centres") and also holds the `window` words before and after them, so
+    every pair whose context is a centre lies in the chunk. Beyond the corpus
+    the rows are padding: word 0, sentence -1, width 0 (no pair).
+
+    Args:
+        ids, sentence_of, widths: the kept words (`draw_epoch`).
+        window: the largest width (the margin on either side).
+        chunk_length: centres per chunk.
+
+    Returns:
+        `(tokens, sentences, widths)`: int32 arrays of shape
+        `(chunks, chunk_length + 2 * window)`.
+    """
+    chunks = max(1, -(-len(ids) // chunk_length))
+    after = chunks * chunk_length - len(ids) + window
+
+    def padded(values, fill):
+        return np.concatenate([np.full(window, fill, np.int32), values.astype(np.int32),
+                               np.full(after, fill, np.int32)])
+
+    rows = np.arange(chunks)[:, None] * chunk_length + np.arange(chunk_length + 2 * window)[None]
+    return padded(ids, 0)[rows], padded(sentence_of, -1)[rows], padded(widths, 0)[rows]
+
+
+def skipgram_dataset(ids, sentence_of, counts, window=5, sample=1e-3, batch_size=1024, updates_per_step=16,
+                     shared_negatives=32, chunk_length=512, seed=0):
+    """A `tf.data.Dataset` of skip-gram windows with shared negatives, drawn afresh every epoch.
+
+    Each epoch sub-samples the corpus and draws every kept word's window width
+    (`draw_epoch`); a (target, context) pair is a target within its own width
+    of the context, in the same sentence: exactly `skipgram_pairs`. The kept
+    words are cut into chunks (`window_chunks`) whose order is shuffled. A
+    chunk holds every pair whose context is one of its centres, so a batch
+    of chunks holds its words' pairs as windows (about `window + 1` pairs per
+    word, fewer at sentence ends) without listing them.
+
+    Negatives: every chunk draws `shared_negatives` words from
+    `negative_distribution(counts)` (in TensorFlow, a stateless draw seeded by
+    epoch and step) that all of its pairs share. `SkipGram` weights each
+    by `num_negatives / shared_negatives`: in expectation the loss of
+    `num_negatives` negatives per pair, as word2vec's, but the scores are
+    matrix products (Ji et al.'s parallel word2vec shares negatives within a
+    window in the same way).
+
+    An element is `updates_per_step` consecutive SGD updates of
+    `ceil(batch_size / chunk_length)` chunks each: a dict of int32 arrays
+    with leading axes `(updates_per_step, chunks)`: "tokens", "sentences" and
+    "widths" `(..., chunk_length + 2 * window)` (`window_chunks`), "centres"
+    `(..., chunk_length)` (the tokens the chunk owns) and "negatives"
+    `(..., shared_negatives)`. The epoch's last element is filled up with
+    empty chunks (no pairs), so every element has the same shape.
+    `SkipGram.train_step` trains on it.
 
     Args:
         ids, sentence_of: from `encode_words`.
         counts: word counts (`build_vocabulary`).
-        window, num_negatives, sample: word2vec's settings.
-        batch_size: pairs per batch (the epoch's last batch may be smaller).
+        window, sample: word2vec's settings.
+        batch_size: words (contexts with their windows) per update, rounded
+            up to whole chunks.
+        updates_per_step: updates per element (one compiled training step
+            runs them in turn: fewer, longer steps cost less overhead).
+        shared_negatives: negatives drawn per chunk.
+        chunk_length: words a chunk owns (at most `batch_size`).
         seed: the first epoch's seed; epoch k uses seed + k.
 
     Returns:
         The dataset (iterate it once per epoch).
+
+    Example:
+
+    >>> ids, sentence_of = encode_words([["a", "b", "a", "c"]] * 8, ["a", "b", "c"])
+    >>> batch = next(iter(skipgram_dataset(ids, sentence_of, [16, 8, 8], window=2, batch_size=8)))
+    >>> batch["tokens"].shape.as_list(), batch["negatives"].shape.as_list()
+    ([16, 1, 12], [16, 1, 32])
     """
+    chunk_length = min(chunk_length, batch_size)
+    shape = (updates_per_step, -(-batch_size // chunk_length))  # per element: updates, chunks per update
     keep = keep_probabilities(counts, sample)
     cumulative = tf.constant(np.cumsum(negative_distribution(counts)))
-    labels = tf.constant(np.eye(1, 1 + num_negatives, dtype=np.float32).repeat(batch_size, axis=0))
     epoch = [seed]
-    # The next epoch's pairs are drawn on a background thread while this one trains (numpy
+    # The next epoch's windows are drawn on a background thread while this one trains (numpy
     # releases the GIL in its array loops), so an epoch does not start by waiting for them.
     background, drawn = concurrent.futures.ThreadPoolExecutor(1), {}
 
     def draw(epoch_seed):
         rng = np.random.default_rng(epoch_seed)
-        targets, contexts = skipgram_pairs(ids, sentence_of, window, rng, keep)
-        order = rng.permutation(len(targets))
-        return epoch_seed, targets[order], contexts[order]
+        chunks = window_chunks(*draw_epoch(ids, sentence_of, window, rng, keep), window, chunk_length)
+        order = rng.permutation(len(chunks[0]))
+        empty = -len(order) % (shape[0] * shape[1])
+        return (epoch_seed, *(np.concatenate([part[order], np.full((empty, part.shape[1]), fill, np.int32)])
+                              .reshape(-1, *shape, part.shape[1]) for part, fill in zip(chunks, (0, -1, 0))))
 
-    def pairs():
+    def epochs():
         current = epoch[0]
         epoch[0] += 1
         pending = drawn.pop(current, None) or background.submit(draw, current)
         drawn[current + 1] = background.submit(draw, current + 1)
         yield pending.result()
 
-    def batch(epoch_seed, targets, contexts, start):
-        target, context = targets[start:start + batch_size], contexts[start:start + batch_size]
-        size = tf.shape(target)[0]
-        uniform = tf.random.stateless_uniform([size * num_negatives], tf.stack([epoch_seed, start]),
+    def element(epoch_seed, tokens, sentences, widths, step):
+        uniform = tf.random.stateless_uniform([*shape, shared_negatives], tf.stack([epoch_seed, step]),
                                               dtype=tf.float64) * cumulative[-1]
-        negatives = tf.minimum(tf.searchsorted(cumulative, uniform), len(counts) - 1)
-        negatives = tf.reshape(tf.cast(negatives, tf.int32), (size, num_negatives))
-        return (target, tf.concat([context[:, None], negatives], axis=1)), labels[:size]
+        negatives = tf.minimum(tf.searchsorted(cumulative, tf.reshape(uniform, [-1])), len(counts) - 1)
+        return {"tokens": tokens[step], "sentences": sentences[step], "widths": widths[step],
+                "centres": tokens[step][..., window:window + chunk_length],
+                "negatives": tf.reshape(tf.cast(negatives, tf.int32), (*shape, shared_negatives))}
 
-    def batches(epoch_seed, targets, contexts):
-        starts = tf.data.Dataset.range(0, tf.size(targets, out_type=tf.int64), batch_size)
-        return starts.map(lambda start: batch(epoch_seed, targets, contexts, start))
+    def elements(epoch_seed, tokens, sentences, widths):
+        steps = tf.data.Dataset.range(tf.shape(tokens, out_type=tf.int64)[0])
+        return steps.map(lambda step: element(epoch_seed, tokens, sentences, widths, step))
 
-    signature = (tf.TensorSpec([], tf.int64), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32))
-    return prefetched(tf.data.Dataset.from_generator(pairs, output_signature=signature).flat_map(batches), 4)
+    part = tf.TensorSpec([None, *shape, chunk_length + 2 * window], tf.int32)
+    signature = (tf.TensorSpec([], tf.int64), part, part, part)
+    return prefetched(tf.data.Dataset.from_generator(epochs, output_signature=signature).flat_map(elements), 4)

@@ -1,25 +1,33 @@
 """word2vec: skip-gram with negative sampling (Mikolov et al., 2013), and nearest neighbours of its vectors."""
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+WINDOW_KEYS = ("tokens", "sentences", "widths", "centres", "negatives")  # a `data.skipgram_dataset` element
+BLOCK = 32  # centres per block of the banded product of true contexts (each against 32 + 2 * window words)
 
-def word2vec(vocab_size, embedding_dim=100, name="word2vec"):
+
+def word2vec(vocab_size, embedding_dim=100, num_negatives=5, name="word2vec"):
     """Builds a skip-gram negative-sampling model (a `SkipGram`).
 
     Every word has two vectors: a target embedding (the word vector one keeps,
     layer "target_embedding") and a context embedding. The score of a (target,
     candidate) pair is their dot product; training pushes sigmoid(score) to 1
-    for the true context and to 0 for the sampled negatives (binary
-    cross-entropy on logits, e.g. on `data.skipgram_dataset`). The context
-    table starts at zero and the target table uniform in ±0.5/embedding_dim,
-    as in word2vec.c. Compiled with plain `keras.optimizers.SGD` it trains
-    with word2vec's own sparse update (see `SkipGram`).
+    for the true context and to 0 for `num_negatives` sampled negatives
+    (binary cross-entropy on logits); it trains on `data.skipgram_dataset`
+    batches. The context table starts at zero and the target table uniform
+    in ±0.5/embedding_dim, as in word2vec.c. Compiled with plain
+    `keras.optimizers.SGD` it trains with word2vec's own sparse update (see
+    `SkipGram`).
 
     Args:
         vocab_size: number of words.
         embedding_dim: vector size.
+        num_negatives: negatives per pair in the training loss (word2vec's
+            "negative").
         name: model name.
 
     Returns:
@@ -32,36 +40,43 @@ def word2vec(vocab_size, embedding_dim=100, name="word2vec"):
     >>> tuple(model([keras.ops.ones((4,), "int32"), keras.ops.ones((4, 6), "int32")]).shape)
     (4, 6)
     """
-    return SkipGram(vocab_size, embedding_dim, name=name)
+    return SkipGram(vocab_size, embedding_dim, num_negatives, name=name)
 
 
 @keras.saving.register_keras_serializable(package="kerazoo")
 class SkipGram(keras.Model):
     """word2vec's skip-gram with negative sampling, trained with sparse SGD updates when compiled with SGD.
 
-    A functional model (built by `word2vec`). Compiled with
-    `keras.optimizers.SGD` without momentum, its `train_step` is word2vec.c's
-    update: for each (target, candidate) pair, with `g = sigmoid(t·c) - label`,
-    `t -= lr * g * c` and `c -= lr * g * t` (summed over the batch, not
-    averaged: a batch is many word2vec steps at once). Only the rows a batch
-    touches are read and written (gathers and scatters), so a step costs
-    O(batch * candidates * dim), not O(vocabulary * dim) as a dense gradient and
-    a dense optimizer update would. The learning rate is the optimizer's
-    (a schedule decays it per step, as word2vec's linear decay); the reported
-    loss is the compiled loss (mean binary cross-entropy). With any other
-    optimizer, or under a `tf.distribute` strategy with several replicas (whose
-    gradients Keras all-reduces), the usual Keras `train_step` is used; it
-    follows the mean loss, so an SGD rate there moves each pair about
-    batch × candidates times less than word2vec's per-pair rate here.
+    A functional model (built by `word2vec`) that trains on the windows of
+    `data.skipgram_dataset`. Compiled with `keras.optimizers.SGD` without
+    momentum, its `train_step` is word2vec.c's update for every pair of the
+    batch: with `g = sigmoid(t·c) - label` for a target vector t and a
+    candidate vector c, `t -= lr * g * c` and `c -= lr * g * t` (summed over
+    the batch, not averaged: a batch is many word2vec steps at once), where
+    the candidates are the true context and the chunk's shared negatives,
+    each negative's g weighted `num_negatives / shared negatives`. Only the
+    rows a batch touches are read and written (gathers and scatters), and
+    the scores are matrix products: the true contexts a banded product of
+    each block of centres with its window, the negatives one product per
+    chunk. The learning rate is the optimizer's (a schedule decays it per
+    step, as word2vec's linear decay); the reported loss is the mean binary
+    cross-entropy per score. With any other optimizer, or under a
+    `tf.distribute` strategy with several replicas (whose gradients Keras
+    all-reduces), the batch's pairs are listed (`window_pairs`) and Keras's
+    own `train_step` minimises the compiled loss on them; it follows the
+    mean loss, so an SGD rate there moves each pair far less than
+    word2vec's per-pair rate here.
 
     Args:
         vocab_size: number of words.
         embedding_dim: vector size.
+        num_negatives: negatives per pair in the loss.
         **kwargs: base `Model` arguments (`name`).
     """
 
-    def __init__(self, vocab_size, embedding_dim=100, **kwargs):
-        for arg, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim)):
+    def __init__(self, vocab_size, embedding_dim=100, num_negatives=5, **kwargs):
+        for arg, value in (("vocab_size", vocab_size), ("embedding_dim", embedding_dim),
+                           ("num_negatives", num_negatives)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{arg}` must be a positive integer; received {arg}={value!r}.")
         targets = keras.Input(shape=(), dtype="int32", name="targets")
@@ -75,37 +90,144 @@ class SkipGram(keras.Model):
         logits = keras.layers.Dot(axes=(1, 2), name="dots")([target_vectors, candidate_vectors])
         logits = keras.layers.Activation("linear", dtype="float32", name="logits")(logits)
         super().__init__([targets, candidates], logits, **kwargs)
-        self.vocab_size, self.embedding_dim = vocab_size, embedding_dim
+        self.vocab_size, self.embedding_dim, self.num_negatives = vocab_size, embedding_dim, num_negatives
 
     def get_config(self):
-        return {"vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim, "name": self.name}
+        return {"vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
+                "num_negatives": self.num_negatives, "name": self.name}
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
 
+    def compile(self, *args, **kwargs):
+        """`keras.Model.compile`, then the compiled loss and metrics built for listed pairs (`window_pairs`).
+
+        Keras builds them from the first training batch, which it would feed
+        to the model; a `data.skipgram_dataset` element is windows, not the
+        model's (targets, candidates) input, so they are built here instead.
+        """
+        super().compile(*args, **kwargs)
+        scores = 1 + self.num_negatives
+        self._symbolic_build(data_batch=((np.zeros((1,), "int32"), np.zeros((1, scores), "int32")),
+                                         np.zeros((1, scores), "float32"), np.zeros((1,), "float32")))
+
     def train_step(self, data):
+        """One step on a `data.skipgram_dataset` element (windows with shared negatives).
+
+        With plain SGD on one replica this is the element's word2vec.c sparse
+        updates in turn, at the optimizer's current rate (see the class
+        docstring); otherwise the element's pairs are listed (`window_pairs`)
+        and Keras's own step minimises their weighted loss.
+        """
+        windows, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if not isinstance(windows, dict) or set(windows) != set(WINDOW_KEYS):
+            raise ValueError(f"SkipGram trains on `data.skipgram_dataset` batches: dicts with keys "
+                             f"{sorted(WINDOW_KEYS)}; received {type(windows).__name__} "
+                             f"{sorted(windows) if isinstance(windows, dict) else ''}".rstrip())
         optimizer = self.optimizer
         if (type(optimizer) is not keras.optimizers.SGD or optimizer.momentum
                 or tf.distribute.get_strategy().num_replicas_in_sync > 1):  # replicas: Keras all-reduces
-            return super().train_step(data)
-        (targets, candidates), labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+            return super().train_step(window_pairs(windows, self.num_negatives))
+        rate = tf.cast(optimizer.learning_rate, "float32")
+
+        def update(i, loss_sum, pairs_sum):  # the element's updates, in turn
+            loss, pairs = self._sparse_window_update({key: value[i] for key, value in windows.items()}, rate)
+            return i + 1, loss_sum + loss * pairs, pairs_sum + pairs
+
+        _, loss_sum, pairs = tf.while_loop(lambda i, *_: i < windows["tokens"].shape[0], update,
+                                           (tf.constant(0), tf.constant(0.0), tf.constant(0.0)))
+        optimizer.iterations.assign_add(1)
+        self._loss_tracker.update_state(loss_sum / tf.maximum(pairs, 1.0), sample_weight=pairs)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def _sparse_window_update(self, windows, rate):
+        """word2vec's update for every pair of the windows; returns (mean loss per score, pairs)."""
+        tokens, centres, negatives = windows["tokens"], windows["centres"], windows["negatives"]
+        blocks, block, span, margin = _window_blocks(tokens.shape[1], centres.shape[1])
+        # Centres in blocks; each block's inputs are its centres and `margin` words either side.
+        rows = np.arange(blocks)[:, None] * block + np.arange(span)[None]            # (blocks, span)
+        distance = np.abs(np.arange(span)[None, :] - margin - np.arange(block)[:, None])  # (block, span)
+        chunks = tf.shape(tokens)[0]
+        inputs = tf.reshape(tf.gather(tokens, rows, axis=1), (-1, span))              # (chunks * blocks, span)
+        centre_sentences = tf.reshape(windows["sentences"][:, margin:margin + blocks * block], (-1, block, 1))
+        valid = tf.cast((tf.reshape(tf.gather(windows["widths"], rows, axis=1), (-1, 1, span)) >= distance)
+                        & (distance >= 1)
+                        & (tf.reshape(tf.gather(windows["sentences"], rows, axis=1), (-1, 1, span))
+                           == centre_sentences), "float32")                           # (chunks * blocks, block, span)
         target_table = self.get_layer("target_embedding").embeddings.value
         context_table = self.get_layer("context_embedding").embeddings.value
-        target_vectors = tf.gather(target_table, targets)          # (batch, dim)
-        context_vectors = tf.gather(context_table, candidates)     # (batch, candidates, dim)
-        logits = tf.einsum("bd,bkd->bk", target_vectors, context_vectors)
-        rate = tf.cast(optimizer.learning_rate, logits.dtype)
-        error = rate * (tf.sigmoid(logits) - tf.cast(labels, logits.dtype))  # lr * d loss / d logit
-        # Both updates use the vectors from before the step, as a mini-batch step does.
-        target_table.scatter_sub(tf.IndexedSlices(tf.einsum("bk,bkd->bd", error, context_vectors), targets))
+        dim = self.embedding_dim
+        target_vectors = tf.gather(target_table, inputs)                              # (chunks * blocks, span, dim)
+        context_vectors = tf.reshape(tf.gather(context_table, centres), (-1, block, dim))
+        negative_vectors = tf.gather(context_table, negatives)                        # (chunks, negatives, dim)
+        # The true contexts: a banded product, each block's centres against its inputs.
+        scores = tf.matmul(context_vectors, target_vectors, transpose_b=True)         # (chunks * blocks, block, span)
+        probabilities = tf.sigmoid(scores)
+        error = rate * (probabilities - 1.0) * valid
+        # The shared negatives: every input scores them once, weighted by its pairs in this block.
+        flat_targets = tf.reshape(target_vectors, (chunks, blocks * span, dim))
+        negative_scores = tf.matmul(flat_targets, negative_vectors, transpose_b=True)  # (chunks, blocks * span, negatives)
+        weight = tf.reshape(tf.reduce_sum(valid, axis=1), (chunks, blocks * span, 1)) * (
+            self.num_negatives / negatives.shape[1])
+        negative_probabilities = tf.sigmoid(negative_scores)
+        negative_error = rate * weight * negative_probabilities
+        # Both tables' updates use the vectors from before this update, as a mini-batch step does.
+        target_update = (tf.reshape(tf.matmul(error, context_vectors, transpose_a=True), (chunks, blocks * span, dim))
+                         + tf.matmul(negative_error, negative_vectors))
+        target_table.scatter_sub(tf.IndexedSlices(tf.reshape(target_update, (-1, dim)), tf.reshape(inputs, (-1,))))
         context_table.scatter_sub(tf.IndexedSlices(
-            tf.reshape(error[:, :, None] * target_vectors[:, None, :], (-1, self.embedding_dim)),
-            tf.reshape(candidates, (-1,))))
-        optimizer.iterations.assign_add(1)
-        loss = self.compute_loss(x=(targets, candidates), y=labels, y_pred=logits)
-        self._loss_tracker.update_state(loss, sample_weight=tf.shape(targets)[0])  # as Keras's own step
-        return self.compute_metrics((targets, candidates), labels, logits, sample_weight=None)
+            tf.concat([tf.reshape(tf.matmul(error, target_vectors), (-1, dim)),
+                       tf.reshape(tf.matmul(negative_error, flat_targets, transpose_a=True), (-1, dim))], axis=0),
+            tf.concat([tf.reshape(centres, (-1,)), tf.reshape(negatives, (-1,))], axis=0)))
+        pairs = tf.reduce_sum(valid)
+        # Cross-entropy from the probabilities already computed (one log, not softplus's exp and log).
+        tiny = np.float32(np.finfo(np.float32).tiny)
+        loss = -(tf.reduce_sum(tf.math.log(tf.maximum(probabilities, tiny)) * valid)
+                 + tf.reduce_sum(weight * tf.math.log(tf.maximum(1.0 - negative_probabilities, tiny))))
+        return loss / tf.maximum(pairs * (1.0 + self.num_negatives), 1.0), pairs
+
+
+def _window_blocks(chunk_width, centres):
+    """How a chunk's centres are cut into blocks for the banded product: (blocks, block, span, margin)."""
+    margin = (chunk_width - centres) // 2
+    block = math.gcd(centres, BLOCK)
+    return centres // block, block, block + 2 * margin, margin
+
+
+def window_pairs(windows, num_negatives):
+    """The pairs of a `data.skipgram_dataset` batch, listed: `((targets, candidates), labels, sample_weight)`.
+
+    One row per (centre, offset) of every chunk (of all the batch's updates
+    together), weighted 1 where that pair exists and 0 elsewhere; a row's
+    candidates are the centre (the true context, label 1) and
+    `num_negatives` of the chunk's shared negatives (label 0), taken in turn
+    so that the rows use the pool evenly. It is what `SkipGram.train_step`
+    hands to Keras's own step when it cannot use word2vec's sparse update.
+
+    Args:
+        windows: a batch (dict) of `data.skipgram_dataset`.
+        num_negatives: negatives per pair.
+
+    Returns:
+        `((targets (rows,), candidates (rows, 1 + num_negatives)), labels, sample_weight (rows,))`.
+    """
+    windows = {key: tf.reshape(value, (-1, value.shape[-1])) for key, value in windows.items()}  # all chunks
+    tokens, centres, negatives = windows["tokens"], windows["centres"], windows["negatives"]
+    length = centres.shape[1]
+    margin = (tokens.shape[1] - length) // 2
+    offsets = [o for o in range(-margin, margin + 1) if o]
+    position = margin + np.arange(length)[:, None] + np.array(offsets)[None]  # (length, offsets)
+    valid = ((tf.gather(windows["widths"], position, axis=1) >= np.abs(offsets))
+             & (tf.gather(windows["sentences"], position, axis=1)
+                == windows["sentences"][:, margin:margin + length, None]))      # (chunks, length, offsets)
+    rows = length * len(offsets)
+    pool = (np.arange(rows)[:, None] * num_negatives + np.arange(num_negatives)[None]) % negatives.shape[1]
+    candidates = tf.concat([tf.repeat(tf.reshape(centres, (-1, 1)), len(offsets), axis=0),
+                            tf.reshape(tf.gather(negatives, pool, axis=1), (-1, num_negatives))], axis=1)
+    labels = tf.one_hot(tf.zeros_like(candidates[:, 0]), 1 + num_negatives)
+    targets = tf.reshape(tf.gather(tokens, position, axis=1), (-1,))
+    return (targets, candidates), labels, tf.reshape(tf.cast(valid, "float32"), (-1,))
 
 
 def nearest_neighbours(vectors, queries, k=10, exclude=None):
