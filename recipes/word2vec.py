@@ -92,9 +92,7 @@ def train(args, sentences, batch_size):
     updates_per_step = 16  # SGD updates per compiled step: fewer, longer steps cost less overhead
     dataset = data.skipgram_dataset(ids, sentence_of, counts, args.window, args.sample, batch_size, updates_per_step,
                                     seed=args.seed)
-    # Steps per epoch vary with sub-sampling; the expected count sizes the linear decay.
-    expected_words = data.keep_probabilities(counts, args.sample)[ids].sum()
-    total_steps = max(2, int(args.epochs * expected_words / (batch_size * updates_per_step)))
+    total_steps = max(2, args.epochs * int(dataset.cardinality()))
     schedule = keras.optimizers.schedules.PolynomialDecay(args.learning_rate, total_steps,
                                                           args.learning_rate / 250)
 

@@ -77,10 +77,12 @@ def test_dataset_windows_hold_exactly_the_epochs_pairs_and_unigram_075_negatives
     assert 0.4 < keep[0] < 0.6 and keep[-1] < 1  # sub-sampling on: windows must use skipgram_pairs' draws
     dataset = data.skipgram_dataset(ids, sentence_of, counts, window=2, sample=0.05, batch_size=24,
                                     updates_per_step=3, shared_negatives=7, chunk_length=10, seed=3)
-    negatives = []
+    negatives, elements = [], []
     for epoch_seed in range(3, 43):
         pairs = []
+        elements.append(0)
         for windows in dataset:
+            elements[-1] += 1
             assert windows["tokens"].shape.as_list() == [3, 3, 14] and windows["negatives"].shape[1:] == [3, 7]
             if epoch_seed < 6:
                 tokens = windows["tokens"].numpy().reshape(-1, 14)
@@ -89,6 +91,7 @@ def test_dataset_windows_hold_exactly_the_epochs_pairs_and_unigram_075_negatives
         if epoch_seed < 6:
             expected = data.skipgram_pairs(ids, sentence_of, 2, np.random.default_rng(epoch_seed), keep)
             assert len(pairs) > 100 and sorted(pairs) == sorted(zip(*(e.tolist() for e in expected)))
+    assert set(elements) == {int(dataset.cardinality())}  # known up front: Keras shows and counts every epoch
     negatives = np.concatenate(negatives)
     np.testing.assert_allclose(np.bincount(negatives, minlength=4) / negatives.size,
                                data.negative_distribution(counts), atol=0.03)

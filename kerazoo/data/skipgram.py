@@ -202,8 +202,9 @@ def skipgram_dataset(ids, sentence_of, counts, window=5, sample=1e-3, batch_size
     with leading axes `(updates_per_step, chunks)`: "tokens", "sentences" and
     "widths" `(..., chunk_length + 2 * window)` (`window_chunks`), "centres"
     `(..., chunk_length)` (the tokens the chunk owns) and "negatives"
-    `(..., shared_negatives)`. The epoch's last element is filled up with
-    empty chunks (no pairs), so every element has the same shape.
+    `(..., shared_negatives)`. Every epoch has the same number of elements
+    (its `cardinality()`), enough for the most words sub-sampling keeps
+    (mean + 6 standard deviations), filled up with empty chunks (no pairs).
     `SkipGram.train_step` trains on it.
 
     Args:
@@ -231,6 +232,12 @@ def skipgram_dataset(ids, sentence_of, counts, window=5, sample=1e-3, batch_size
     chunk_length = min(chunk_length, batch_size)
     shape = (updates_per_step, -(-batch_size // chunk_length))  # per element: updates, chunks per update
     keep = keep_probabilities(counts, sample)
+    # Every epoch has the same number of elements, so Keras knows an epoch's steps from the start: enough
+    # for the words an epoch keeps at most (their mean plus 6 standard deviations: the sub-sampling's
+    # count is a sum of independent draws), the rest filled with empty chunks.
+    kept = keep[ids]
+    most = kept.sum() + 6 * np.sqrt(np.sum(kept * (1 - kept))) + 1
+    elements = max(1, -(-int(np.ceil(most / chunk_length)) // (shape[0] * shape[1])))
     cumulative = tf.constant(np.cumsum(negative_distribution(counts)))
     epoch = [seed]
     # The next epoch's windows are drawn on a background thread while this one trains (numpy
@@ -241,7 +248,10 @@ def skipgram_dataset(ids, sentence_of, counts, window=5, sample=1e-3, batch_size
         rng = np.random.default_rng(epoch_seed)
         chunks = window_chunks(*draw_epoch(ids, sentence_of, window, rng, keep), window, chunk_length)
         order = rng.permutation(len(chunks[0]))
-        empty = -len(order) % (shape[0] * shape[1])
+        empty = elements * shape[0] * shape[1] - len(order)
+        if empty < 0:  # about once in a billion epochs
+            raise RuntimeError(f"epoch {epoch_seed} kept more words than the {most:.0f} its sub-sampling keeps "
+                               f"at most; use another seed")
         return (epoch_seed, *(np.concatenate([part[order], np.full((empty, part.shape[1]), fill, np.int32)])
                               .reshape(-1, *shape, part.shape[1]) for part, fill in zip(chunks, (0, -1, 0))))
 
@@ -260,10 +270,11 @@ def skipgram_dataset(ids, sentence_of, counts, window=5, sample=1e-3, batch_size
                 "centres": tokens[step][..., window:window + chunk_length],
                 "negatives": tf.reshape(tf.cast(negatives, tf.int32), (*shape, shared_negatives))}
 
-    def elements(epoch_seed, tokens, sentences, widths):
+    def epoch_elements(epoch_seed, tokens, sentences, widths):
         steps = tf.data.Dataset.range(tf.shape(tokens, out_type=tf.int64)[0])
         return steps.map(lambda step: element(epoch_seed, tokens, sentences, widths, step))
 
     part = tf.TensorSpec([None, *shape, chunk_length + 2 * window], tf.int32)
     signature = (tf.TensorSpec([], tf.int64), part, part, part)
-    return prefetched(tf.data.Dataset.from_generator(epochs, output_signature=signature).flat_map(elements), 4)
+    dataset = tf.data.Dataset.from_generator(epochs, output_signature=signature).flat_map(epoch_elements)
+    return prefetched(dataset.apply(tf.data.experimental.assert_cardinality(elements)), 4)
