@@ -5,7 +5,7 @@ SST-2 sentences, sarcasm headlines, the English side of spa-eng, RTE/CB premises
 TREC questions. Both systems get the same tokenised sentences, vocabulary cut (min count), dimension,
 window, negatives, sub-sampling threshold and epochs; gensim uses --workers threads (pip install gensim:
 benchmark environment only; the same --learning-rate, gensim's alpha). Reported: wall time of
-training (for kerazoo all of `recipes/word2vec.py`'s `train`: vocabulary, pairs, plan, compile, fit; for
+training (for kerazoo all of `recipes/word2vec.py`'s `train`: vocabulary, windows, plan, compile, fit; for
 gensim the `Word2Vec` constructor, which also builds its vocabulary) and the process's CPU time, analogy accuracy on the in-vocabulary
 questions (the same evaluation code for both), nearest neighbours of probe words. Runs are interleaved
 (kerazoo, gensim, kerazoo, ...) and medians reported.
@@ -62,7 +62,7 @@ def run_kerazoo(recipe, args, sentences):
                                  "--window", str(args.window), "--negatives", str(args.negatives),
                                  "--epochs", str(args.epochs), "--no-export", "--seed", str(args.seed),
                                  "--batch-size", str(args.batch_size), "--learning-rate", str(args.learning_rate)])
-    started = time.perf_counter()  # all of it, as gensim's: vocabulary, pairs, plan, compile, training
+    started = time.perf_counter()  # all of it, as gensim's: vocabulary, windows, plan, compile, training
     model, words, _ = recipe.train(options, sentences, options.batch_size)
     return model.get_layer("target_embedding").embeddings.numpy(), words, time.perf_counter() - started
 
