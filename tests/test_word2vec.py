@@ -269,6 +269,14 @@ def test_window_pairs_list_the_same_pairs_for_keras_own_step(rng):
     assert np.isin(candidates.numpy()[:, 1:], negatives[chunk]).reshape(len(chunk), -1).all(axis=1).all()
     np.testing.assert_array_equal(labels.numpy(), np.tile([1.0, 0, 0, 0], (len(targets), 1)))
     np.testing.assert_array_equal(np.unique(weights.numpy()), [0.0, 1.0])
+    # evaluate: the compiled loss on the listed pairs (binary cross-entropy, weight 0 where no pair exists)
+    model = models.word2vec(len(words), 4, num_negatives=3)
+    model.get_layer("context_embedding").embeddings.assign(rng.normal(size=(len(words), 4)).astype("float32"))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    logits = model.predict_on_batch([targets, candidates])
+    bce = np.mean(np.logaddexp(0, logits) - labels.numpy() * logits, axis=1)  # per row, over its 4 scores
+    expected = np.sum(bce * weights.numpy()) / len(bce)  # Keras's default: the weighted sum / all rows
+    assert model.test_on_batch(windows) == pytest.approx(expected, rel=1e-4)
     with pytest.raises(ValueError, match="skipgram_dataset"):
         models.word2vec(9, 4).train_step(((np.zeros(3, "int32"), np.zeros((3, 2), "int32")), np.zeros((3, 2))))
 

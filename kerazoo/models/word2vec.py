@@ -65,7 +65,8 @@ class SkipGram(keras.Model):
     all-reduces), the batch's pairs are listed (`window_pairs`) and Keras's
     own `train_step` minimises the compiled loss on them; it follows the
     mean loss, so an SGD rate there moves each pair far less than
-    word2vec's per-pair rate here.
+    word2vec's per-pair rate here. `evaluate` reports the compiled loss and
+    metrics on the listed pairs.
 
     Args:
         vocab_size: number of words.
@@ -120,11 +121,7 @@ class SkipGram(keras.Model):
         docstring); otherwise the element's pairs are listed (`window_pairs`)
         and Keras's own step minimises their weighted loss.
         """
-        windows, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        if not isinstance(windows, dict) or set(windows) != set(WINDOW_KEYS):
-            raise ValueError(f"SkipGram trains on `data.skipgram_dataset` batches: dicts with keys "
-                             f"{sorted(WINDOW_KEYS)}; received {type(windows).__name__} "
-                             f"{sorted(windows) if isinstance(windows, dict) else ''}".rstrip())
+        windows = _windows_of(data)
         optimizer = self.optimizer
         if (type(optimizer) is not keras.optimizers.SGD or optimizer.momentum
                 or tf.distribute.get_strategy().num_replicas_in_sync > 1):  # replicas: Keras all-reduces
@@ -140,6 +137,10 @@ class SkipGram(keras.Model):
         optimizer.iterations.assign_add(1)
         self._loss_tracker.update_state(loss_sum / tf.maximum(pairs, 1.0), sample_weight=pairs)
         return {metric.name: metric.result() for metric in self.metrics}
+
+    def test_step(self, data):
+        """The compiled loss and metrics of a `data.skipgram_dataset` element's listed pairs (`window_pairs`)."""
+        return super().test_step(window_pairs(_windows_of(data), self.num_negatives))
 
     def _sparse_window_update(self, windows, rate):
         """word2vec's update for every pair of the windows; returns (mean loss per score, pairs)."""
@@ -186,6 +187,16 @@ class SkipGram(keras.Model):
         loss = -(tf.reduce_sum(tf.math.log(tf.maximum(probabilities, tiny)) * valid)
                  + tf.reduce_sum(weight * tf.math.log(tf.maximum(1.0 - negative_probabilities, tiny))))
         return loss / tf.maximum(pairs * (1.0 + self.num_negatives), 1.0), pairs
+
+
+def _windows_of(data):
+    """The windows dict of a training or evaluation batch, or a ValueError naming what SkipGram expects."""
+    windows, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+    if not isinstance(windows, dict) or set(windows) != set(WINDOW_KEYS):
+        raise ValueError(f"SkipGram trains on `data.skipgram_dataset` batches: dicts with keys "
+                         f"{sorted(WINDOW_KEYS)}; received {type(windows).__name__} "
+                         f"{sorted(windows) if isinstance(windows, dict) else ''}".rstrip())
+    return windows
 
 
 def _window_blocks(chunk_width, centres):
