@@ -89,9 +89,7 @@ def train(args, sentences, batch_size):
     ids, sentence_of = data.encode_words(sentences, words)
     print(f"vocabulary: {len(words):,} words (min count {args.min_count}); {ids.size:,} tokens in "
           f"{len(sentences):,} sentences")
-    updates_per_step = 16  # SGD updates per compiled step: fewer, longer steps cost less overhead
-    dataset = data.skipgram_dataset(ids, sentence_of, counts, args.window, args.sample, batch_size, updates_per_step,
-                                    seed=args.seed)
+    dataset = data.skipgram_dataset(ids, sentence_of, counts, args.window, args.sample, batch_size, seed=args.seed)
     total_steps = max(2, args.epochs * int(dataset.cardinality()))
     schedule = keras.optimizers.schedules.PolynomialDecay(args.learning_rate, total_steps,
                                                           args.learning_rate / 250)

@@ -148,14 +148,11 @@ class SkipGram(keras.Model):
         blocks, block, span, margin = _window_blocks(tokens.shape[1], centres.shape[1])
         # Centres in blocks; each block's inputs are its centres and `margin` words either side.
         rows = np.arange(blocks)[:, None] * block + np.arange(span)[None]            # (blocks, span)
-        distance = np.abs(np.arange(span)[None, :] - margin - np.arange(block)[:, None])  # (block, span)
+        centre_rows = margin + np.arange(blocks)[:, None] * block + np.arange(block)[None]  # (blocks, block)
         chunks = tf.shape(tokens)[0]
         inputs = tf.reshape(tf.gather(tokens, rows, axis=1), (-1, span))              # (chunks * blocks, span)
-        centre_sentences = tf.reshape(windows["sentences"][:, margin:margin + blocks * block], (-1, block, 1))
-        valid = tf.cast((tf.reshape(tf.gather(windows["widths"], rows, axis=1), (-1, 1, span)) >= distance)
-                        & (distance >= 1)
-                        & (tf.reshape(tf.gather(windows["sentences"], rows, axis=1), (-1, 1, span))
-                           == centre_sentences), "float32")                           # (chunks * blocks, block, span)
+        valid = tf.reshape(tf.cast(_pair_exists(windows, centre_rows[:, :, None], rows[:, None, :]), "float32"),
+                           (-1, block, span))                                         # (chunks * blocks, block, span)
         target_table = self.get_layer("target_embedding").embeddings.value
         context_table = self.get_layer("context_embedding").embeddings.value
         dim = self.embedding_dim
@@ -199,6 +196,19 @@ def _windows_of(data):
     return windows
 
 
+def _pair_exists(windows, centres, inputs):
+    """Whether the words at chunk positions `inputs` and `centres` (numpy, broadcasting) form a pair.
+
+    The rule of `data.skipgram_pairs`: the input (target) is within its own
+    width of the centre (context), not the centre itself, in the same sentence.
+    Returns a bool tensor `(chunks, *broadcast shape)`.
+    """
+    centres, inputs = np.broadcast_arrays(centres, inputs)
+    distance = np.abs(inputs - centres)
+    return ((tf.gather(windows["widths"], inputs, axis=1) >= distance) & (distance >= 1)
+            & (tf.gather(windows["sentences"], inputs, axis=1) == tf.gather(windows["sentences"], centres, axis=1)))
+
+
 def _window_blocks(chunk_width, centres):
     """How a chunk's centres are cut into blocks for the banded product: (blocks, block, span, margin)."""
     margin = (chunk_width - centres) // 2
@@ -229,9 +239,7 @@ def window_pairs(windows, num_negatives):
     margin = (tokens.shape[1] - length) // 2
     offsets = [o for o in range(-margin, margin + 1) if o]
     position = margin + np.arange(length)[:, None] + np.array(offsets)[None]  # (length, offsets)
-    valid = ((tf.gather(windows["widths"], position, axis=1) >= np.abs(offsets))
-             & (tf.gather(windows["sentences"], position, axis=1)
-                == windows["sentences"][:, margin:margin + length, None]))      # (chunks, length, offsets)
+    valid = _pair_exists(windows, margin + np.arange(length)[:, None], position)  # (chunks, length, offsets)
     rows = length * len(offsets)
     pool = (np.arange(rows)[:, None] * num_negatives + np.arange(num_negatives)[None]) % negatives.shape[1]
     candidates = tf.concat([tf.repeat(tf.reshape(centres, (-1, 1)), len(offsets), axis=0),
