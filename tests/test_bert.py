@@ -56,8 +56,10 @@ def test_backbone_outputs_ignore_padding_and_pool_the_cls_state(rng):
         models.bert_backbone(50, num_layers=0)
 
 
-def test_mlm_head_is_tied_to_the_token_embedding_and_gathers_masked_positions(rng):
-    backbone = _backbone(50)
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_mlm_head_is_tied_to_the_token_embedding_and_gathers_masked_positions(rng, norm_first):
+    backbone = models.bert_backbone(50, max_length=24, d_model=D_MODEL, num_heads=2, num_layers=2, ff_dim=64,
+                                    dropout=0.0, norm_first=norm_first)
     pretrainer = models.bert_pretrainer(backbone)
     embeddings = backbone.get_layer("embedding").token_embedding.embeddings
     tables = [v for v in pretrainer.weights if tuple(v.shape) == (50, D_MODEL)]
@@ -67,14 +69,18 @@ def test_mlm_head_is_tied_to_the_token_embedding_and_gathers_masked_positions(rn
     out = pretrainer(x)
     assert out["mlm"].shape == (3, 2, 50) and out["nsp"].shape == (3, 2)
     # Reference: gather, dense + GELU, layer norm, @ embeddings.T + bias.
-    sequence = backbone({key: x[key] for key in ("token_ids", "segment_ids", "padding_mask")})["sequence_output"]
-    hidden = np.take_along_axis(np.asarray(sequence), x["masked_positions"][:, :, None], 1)
+    # The pretrainer's last block computes the masked positions and [CLS] only; the reference gathers them
+    # from the backbone's full output.
+    full = backbone({key: x[key] for key in ("token_ids", "segment_ids", "padding_mask")})
+    hidden = np.take_along_axis(np.asarray(full["sequence_output"]), x["masked_positions"][:, :, None], 1)
     kernel, bias = pretrainer.get_layer("mlm_transform").get_weights()
     h = np.asarray(keras.activations.gelu(hidden @ kernel + bias))
     gamma, beta = pretrainer.get_layer("mlm_norm").get_weights()
     h = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + 1e-12) * gamma + beta
     expected = h @ embeddings.numpy().T + pretrainer.get_layer("mlm_bias").bias.numpy()
     np.testing.assert_allclose(out["mlm"], expected, atol=1e-4)
+    kernel, bias = pretrainer.get_layer("nsp_dense").get_weights()
+    np.testing.assert_allclose(out["nsp"], np.asarray(full["pooled_output"]) @ kernel + bias, atol=1e-5)
 
 
 def test_pretrainer_mlm_loss_falls_on_a_tiny_corpus(tokenizer):

@@ -217,6 +217,10 @@ def test_soft_prompt_inserts_positions_extends_masks_and_keeps_padding_masked(rn
     np.testing.assert_array_equal(prompt(out, strip=True), hidden)
     with pytest.raises(ValueError, match="num_prompts"):
         layers.SoftPrompt(0)
+    # The pretrainer's last block outputs the masked positions only; a prompt would shift them.
+    with pytest.raises(ValueError, match="query_positions"):
+        finetune.prompt_tune(models.bert_pretrainer(models.bert_backbone(
+            VOCAB, max_length=16, d_model=D_MODEL, num_heads=2, num_layers=LAYERS, ff_dim=FF_DIM)), 2)
 
     classifier = _classifier()
     x, y = _batch(rng)

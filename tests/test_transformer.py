@@ -50,6 +50,26 @@ def test_block_matches_stock_keras_composition(rng, norm_first, causal):
                                     + 4 * D_MODEL + D_MODEL * FF + FF + FF * D_MODEL + D_MODEL)
 
 
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("causal", [True, False])
+def test_query_positions_give_the_full_outputs_at_those_positions(rng, norm_first, causal):
+    block = TransformerBlock(HEADS, FF, causal=causal, norm_first=norm_first)
+    x = rng.normal(size=(2, 6, D_MODEL)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1] * 6], bool)
+    positions = np.array([[0, 3, 1, 3], [5, 0, 2, 4]], "int32")  # any order, repeats allowed
+    got = block(x, padding_mask=mask, query_positions=positions)
+    expected = np.take_along_axis(np.asarray(_reference(block, x, mask, causal)), positions[:, :, None], 1)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # Symbolically too (the functional API): one output per query position.
+    symbolic = block(keras.Input((6, D_MODEL)), query_positions=keras.Input((4,), dtype="int32"))
+    assert tuple(symbolic.shape) == (None, 4, D_MODEL)
+    with pytest.raises(ValueError, match=r"query_positions.*\(batch, queries\)"):
+        block(x, query_positions=positions[0])
+    with pytest.raises(ValueError, match="cannot be combined"):
+        TransformerBlock(HEADS, FF, causal=True)(x[:, :1], cache=block.attention.empty_cache(2, 6), cache_index=0,
+                                                query_positions=positions[:, :1])
+
+
 def test_causal_block_ignores_future_tokens(rng):
     block = TransformerBlock(HEADS, FF, causal=True)
     x = rng.normal(size=(2, 6, D_MODEL)).astype("float32")

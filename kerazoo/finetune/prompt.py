@@ -44,6 +44,10 @@ def prompt_tune(model, num_prompts, insert_at=None, train_head=True):
         if not isinstance(layer, TransformerBlock):
             return layer(*args, **kwargs)
         x, *rest = args
+        if kwargs.get("query_positions") is not None:
+            raise ValueError(f"prompt_tune: {layer.name} computes selected positions only (query_positions, as in "
+                             "bert_pretrainer), which the inserted prompt would shift; prompt-tune a model whose "
+                             "blocks output every position, such as bert_classifier or transformer_lm.")
         if layer is blocks[0]:
             if kwargs.get("padding_mask") is not None:
                 x, extended["mask"] = prompt(x, padding_mask=kwargs["padding_mask"])

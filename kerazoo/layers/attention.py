@@ -36,10 +36,14 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             cache from `empty_cache()` or a previous call; the keys and values
             of `inputs` are written into it at `cache_index`.
         cache_index: position of the first step of `inputs` (int or scalar tensor).
+        query_positions: optional `(batch, queries)` int tensor: compute the
+            outputs at these positions only (each still attends to every
+            key), e.g. the masked positions of BERT's last layer.
 
     Returns:
-        `(batch, seq, d_model)` tensor; with `return_attention_scores=True`
-        also the `(batch, num_heads, seq, seq)` attention probabilities; with a
+        `(batch, seq, d_model)` tensor (`(batch, queries, d_model)` with
+        `query_positions`); with `return_attention_scores=True` also the
+        `(batch, num_heads, seq, seq)` attention probabilities; with a
         `cache`, also the updated cache.
 
     Example:
@@ -80,7 +84,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def call(self, inputs, padding_mask=None, training=None,
-             return_attention_scores=False, mask=None, cache=None, cache_index=None):
+             return_attention_scores=False, mask=None, cache=None, cache_index=None,
+             query_positions=None):
         if padding_mask is None:
             padding_mask = mask
         batch, seq = ops.shape(inputs)[0], ops.shape(inputs)[1]
@@ -88,12 +93,17 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         qkv = ops.reshape(qkv, (batch, seq, 3, self.num_heads, self._head_dim))
         # One transpose for all three: (3, batch, heads, seq, head_dim).
         query, key, value = ops.unstack(ops.transpose(qkv, (2, 0, 3, 1, 4)), 3, axis=0)
+        if query_positions is not None:
+            self._check_query_positions(query_positions, cache)
+            query_positions = ops.cast(query_positions, "int32")
+            query = ops.take_along_axis(query, query_positions[:, None, :, None], axis=2)
         if cache is not None:
             self._check_cache_call(cache_index, return_attention_scores, padding_mask)
             # Write this step's keys and values at cache_index; attend over the whole cache.
             cache = tuple(_write_cache(part, new, cache_index) for part, new in zip(cache, (key, value)))
             key, value = cache
-        outputs, probs = self._attend(query, key, value, padding_mask, training, query_offset=cache_index)
+        outputs, probs = self._attend(query, key, value, padding_mask, training, query_offset=cache_index,
+                                      query_positions=query_positions)
         if cache is not None:
             return outputs, cache
         if return_attention_scores:
@@ -113,7 +123,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self._head_dim = self.key_dim or d_model // self.num_heads
         return d_model
 
-    def _attend(self, query, key, value, padding_mask, training, query_offset=None):
+    def _attend(self, query, key, value, padding_mask, training, query_offset=None, query_positions=None):
         """The attention core shared with `MultiHeadCrossAttention`.
 
         Args:
@@ -122,6 +132,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             padding_mask: `(batch, keys)` or None.
             training: whether dropout is active.
             query_offset: position of the first query (cached decoding).
+            query_positions: `(batch, queries)` positions of the queries, or None.
 
         Returns:
             `(outputs (batch, queries, d_model), probabilities (batch, heads, queries, keys))`.
@@ -135,7 +146,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             scores = ops.swapaxes(ops.matmul(key, ops.swapaxes(query, 2, 3)), 2, 3)
         else:
             scores = ops.einsum("bhqd,bhkd->bhqk", query, key)
-        probs = self._masked_softmax(scores, padding_mask, query_offset=query_offset)
+        probs = self._masked_softmax(scores, padding_mask, query_offset=query_offset,
+                                     query_positions=query_positions)
         probs = self.dropout_layer(probs, training=training)
         context = ops.einsum("bhqk,bhkd->bhqd", probs, value)
         batch, seq = ops.shape(context)[0], ops.shape(context)[2]
@@ -160,6 +172,13 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         shape = (batch_size, self.num_heads, max_length, self._head_dim)
         return tuple(ops.zeros(shape, dtype=dtype or self.compute_dtype) for _ in ("keys", "values"))
 
+    def _check_query_positions(self, query_positions, cache):
+        if cache is not None:
+            raise ValueError(f"{self.name}: `query_positions` and `cache` cannot be combined.")
+        if len(query_positions.shape) != 2:
+            raise ValueError(f"{self.name}: `query_positions` must have shape (batch, queries); "
+                             f"received shape {tuple(query_positions.shape)}.")
+
     def _check_cache_call(self, cache_index, return_attention_scores, padding_mask):
         if not self.causal:
             raise ValueError(f"{self.name}: a key/value cache is only meaningful for causal "
@@ -173,20 +192,24 @@ class MultiHeadSelfAttention(keras.layers.Layer):
             raise ValueError(f"{self.name}: padding masks are not supported with a cache; decode each "
                              "sequence from its own positions (see kerazoo.generation).")
 
-    def _masked_softmax(self, scores, padding_mask, query_offset=None):
+    def _masked_softmax(self, scores, padding_mask, query_offset=None, query_positions=None):
         """Softmax over keys, masked keys set to -1e9; float16 scores go through float32.
 
-        Query i sits at position `query_offset + i` (0 without a cache); key j at j.
+        Query i sits at position `query_positions[:, i]` when given, else at
+        `query_offset + i` (0 without a cache); key j at j.
         """
         if scores.dtype == "float16":
             scores = ops.cast(scores, "float32")
         allowed = None
         if self.causal:
-            query_positions = ops.arange(ops.shape(scores)[-2])
-            if query_offset is not None:
-                query_positions = query_positions + query_offset
             key_positions = ops.arange(ops.shape(scores)[-1])
-            allowed = ops.expand_dims(query_positions, 1) >= ops.expand_dims(key_positions, 0)
+            if query_positions is not None:  # (batch, 1, queries, keys)
+                allowed = query_positions[:, None, :, None] >= key_positions
+            else:
+                positions = ops.arange(ops.shape(scores)[-2])
+                if query_offset is not None:
+                    positions = positions + query_offset
+                allowed = ops.expand_dims(positions, 1) >= ops.expand_dims(key_positions, 0)
         if padding_mask is not None:
             if len(padding_mask.shape) != 2:
                 raise ValueError(

@@ -1,6 +1,7 @@
 """The Transformer block: self-attention and a feed-forward network, each with a residual and layer norm."""
 
 import keras
+from keras import ops
 
 from kerazoo.layers._validation import check_rank
 from kerazoo.layers.adapter import BottleneckAdapter
@@ -37,9 +38,15 @@ class TransformerBlock(keras.layers.Layer):
         training: whether dropout is active.
         cache, cache_index: key/value cache for incremental decoding, see
             `MultiHeadSelfAttention` (`block.attention.empty_cache(...)`).
+        query_positions: optional `(batch, queries)` int tensor: the outputs
+            at these positions only (keys and values still come from every
+            position). Equal to gathering them from the full output, for
+            less work: BERT's pretrainer runs its last block this way on
+            the masked positions.
 
     Returns:
-        `(batch, seq, d_model)` tensor, and the updated cache when one is given.
+        `(batch, seq, d_model)` tensor (`(batch, queries, d_model)` with
+        `query_positions`), and the updated cache when one is given.
 
     Example:
 
@@ -120,34 +127,46 @@ class TransformerBlock(keras.layers.Layer):
     def _adapted(self, adapter_name, x):
         return getattr(self, adapter_name)(x) if self.adapter_dim else x
 
-    def call(self, inputs, padding_mask=None, training=None, mask=None, cache=None, cache_index=None):
+    def call(self, inputs, padding_mask=None, training=None, mask=None, cache=None, cache_index=None,
+             query_positions=None):
         if padding_mask is None:
             padding_mask = mask
         new_cache = []
 
         def attend(x):
             out = self.attention(x, padding_mask=padding_mask, training=training, cache=cache,
-                                 cache_index=cache_index)
+                                 cache_index=cache_index, query_positions=query_positions)
             if cache is not None:
                 out, updated = out
                 new_cache.append(updated)
             return self.dropout_layer(self._adapted("attention_adapter", out), training=training)
 
-        x = self._residual(inputs, attend, self.attention_norm)
+        residual = inputs
+        if query_positions is not None:  # the attention gathers its queries; the residual follows
+            self.attention._check_query_positions(query_positions, cache)
+            residual = ops.take_along_axis(inputs, ops.cast(query_positions, "int32")[:, :, None], axis=1)
+        x = self._residual(inputs, attend, self.attention_norm, residual)
         x = self._residual(x, lambda h: self._feed_forward(h, training), self.ff_norm)
         return (x, new_cache[0]) if cache is not None else x
 
-    def _residual(self, x, sublayer, norm):
-        """`x + sublayer(norm(x))` (pre-norm) or `norm(x + sublayer(x))` (post-norm)."""
+    def _residual(self, x, sublayer, norm, residual=None):
+        """`x + sublayer(norm(x))` (pre-norm) or `norm(x + sublayer(x))` (post-norm).
+
+        `residual` replaces the `x` added back, when the sublayer's outputs
+        are at fewer positions than its inputs (`query_positions`).
+        """
+        residual = x if residual is None else residual
         if self.norm_first:
-            return x + sublayer(norm(x))
-        return norm(x + sublayer(x))
+            return residual + sublayer(norm(x))
+        return norm(residual + sublayer(x))
 
     def _feed_forward(self, x, training):
         return self.dropout_layer(self._adapted("ff_adapter", self.ff_output(self.ff_inner(x))), training=training)
 
-    def compute_output_shape(self, input_shape):
-        return input_shape
+    def compute_output_shape(self, inputs_shape, query_positions_shape=None):
+        if query_positions_shape is None:
+            return inputs_shape
+        return (*query_positions_shape, inputs_shape[-1])
 
     def compute_mask(self, inputs, mask=None):
         return mask
