@@ -83,6 +83,18 @@ def test_mlm_head_is_tied_to_the_token_embedding_and_gathers_masked_positions(rn
     np.testing.assert_allclose(out["nsp"], np.asarray(full["pooled_output"]) @ kernel + bias, atol=1e-5)
 
 
+def test_classifier_is_softmax_of_the_backbones_pooled_output(rng):
+    backbone = _backbone(50)
+    classifier = models.bert_classifier(backbone, num_classes=3, dropout=0.0)
+    kernel = rng.normal(size=(D_MODEL, 3)).astype("float32")
+    classifier.get_layer("classifier").set_weights([kernel, np.zeros(3, "float32")])
+    x = _inputs(rng, 50)
+    # The classifier's last block computes [CLS] only; the reference pools the backbone's full output.
+    logits = np.asarray(backbone(x)["pooled_output"]) @ kernel
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(classifier(x), expected / expected.sum(-1, keepdims=True), atol=1e-5)
+
+
 def test_pretrainer_mlm_loss_falls_on_a_tiny_corpus(tokenizer):
     first, second, is_next = text.nsp_pairs(text.split_documents(CORPUS), seed=0)
     ds = text.pretraining_dataset(first, second, is_next, text.BertPreprocessor(tokenizer, 24), max_predictions=4,

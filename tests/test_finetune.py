@@ -217,10 +217,22 @@ def test_soft_prompt_inserts_positions_extends_masks_and_keeps_padding_masked(rn
     np.testing.assert_array_equal(prompt(out, strip=True), hidden)
     with pytest.raises(ValueError, match="num_prompts"):
         layers.SoftPrompt(0)
-    # The pretrainer's last block outputs the masked positions only; a prompt would shift them.
-    with pytest.raises(ValueError, match="query_positions"):
-        finetune.prompt_tune(models.bert_pretrainer(models.bert_backbone(
-            VOCAB, max_length=16, d_model=D_MODEL, num_heads=2, num_layers=LAYERS, ff_dim=FF_DIM)), 2)
+
+    # The pretrainer's last block computes the masked positions only: behind the prompt they are shifted.
+    # Oracle: the prompt-tuned backbone's full (prompt-stripped) output, gathered, through the MLM head.
+    backbone = models.bert_backbone(VOCAB, max_length=16, d_model=D_MODEL, num_heads=2, num_layers=LAYERS,
+                                    ff_dim=FF_DIM, dropout=0.0)
+    pretrainer = models.bert_pretrainer(backbone)
+    tuned_pretrainer, tuned_backbone = finetune.prompt_tune(pretrainer, 3), finetune.prompt_tune(backbone, 3)
+    prompts = rng.normal(size=(3, D_MODEL)).astype("float32")
+    for model in (tuned_pretrainer, tuned_backbone):
+        model.get_layer("soft_prompt").prompts.assign(prompts)
+    x, _ = _batch(rng)
+    positions = np.tile(np.array([[1, 4, 5]], "int32"), (len(x["token_ids"]), 1))
+    hidden = np.take_along_axis(np.asarray(tuned_backbone(x)["sequence_output"]), positions[:, :, None], 1)
+    head = pretrainer.get_layer("mlm_norm")(pretrainer.get_layer("mlm_transform")(hidden))
+    expected = pretrainer.get_layer("mlm_bias")(backbone.get_layer("embedding")(head, reverse=True))
+    np.testing.assert_allclose(tuned_pretrainer(dict(x, masked_positions=positions))["mlm"], expected, atol=1e-4)
 
     classifier = _classifier()
     x, y = _batch(rng)

@@ -1,6 +1,7 @@
 """Prompt tuning: a `SoftPrompt` spliced in front of the first Transformer block of a frozen model."""
 
 import keras
+from keras import ops
 
 from kerazoo.finetune.freezing import head_weights, layer_groups, train_only
 from kerazoo.layers import SoftPrompt, TransformerBlock
@@ -13,8 +14,9 @@ def prompt_tune(model, num_prompts, insert_at=None, train_head=True):
     inputs and outputs: the prompt positions are inserted into the input of
     the first `TransformerBlock`, every block's padding mask is extended with
     real positions, and the prompt positions are removed from the last
-    block's output. Tokens keep their position embeddings. Call before
-    compiling.
+    block's output (or, when the last block computes selected positions
+    only, `query_positions`, those positions are shifted past the prompt).
+    Tokens keep their position embeddings. Call before compiling.
 
     Args:
         model: a functional kerazoo Transformer model.
@@ -44,10 +46,6 @@ def prompt_tune(model, num_prompts, insert_at=None, train_head=True):
         if not isinstance(layer, TransformerBlock):
             return layer(*args, **kwargs)
         x, *rest = args
-        if kwargs.get("query_positions") is not None:
-            raise ValueError(f"prompt_tune: {layer.name} computes selected positions only (query_positions, as in "
-                             "bert_pretrainer), which the inserted prompt would shift; prompt-tune a model whose "
-                             "blocks output every position, such as bert_classifier or transformer_lm.")
         if layer is blocks[0]:
             if kwargs.get("padding_mask") is not None:
                 x, extended["mask"] = prompt(x, padding_mask=kwargs["padding_mask"])
@@ -55,6 +53,12 @@ def prompt_tune(model, num_prompts, insert_at=None, train_head=True):
                 x = prompt(x)
         if kwargs.get("padding_mask") is not None:
             kwargs["padding_mask"] = extended["mask"]
+        if kwargs.get("query_positions") is not None:
+            # Outputs at selected positions only (bert_pretrainer, bert_classifier): the
+            # tokens at or after insert_at have moved num_prompts places right.
+            positions = kwargs["query_positions"]
+            kwargs["query_positions"] = positions + num_prompts * ops.cast(positions >= insert_at, positions.dtype)
+            return layer(x, *rest, **kwargs)
         outputs = layer(x, *rest, **kwargs)
         return prompt(outputs, strip=True) if layer is blocks[-1] else outputs
 

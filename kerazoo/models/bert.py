@@ -167,6 +167,9 @@ def bert_classifier(backbone, num_classes=2, dropout=0.1, name="bert_classifier"
         dropout: dropout rate before the classification layer.
         name: model name.
 
+    Only `[CLS]` reaches the pooler, so the last block computes its output
+    there only (see `bert_pretrainer`).
+
     Returns:
         A functional `keras.Model` from the backbone's inputs to float32
         probabilities `(batch, num_classes)`; the new layers are
@@ -174,13 +177,16 @@ def bert_classifier(backbone, num_classes=2, dropout=0.1, name="bert_classifier"
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"`num_classes` must be an integer >= 2; received num_classes={num_classes!r}.")
-    x = keras.layers.Dropout(dropout, name="classifier_dropout")(backbone.output["pooled_output"])
+    inputs = dict(backbone.input)
+    cls_state = _last_block_at(backbone, inputs, ops.zeros_like(inputs["padding_mask"][:, :1]))[:, 0, :]
+    pooled_output = backbone.get_layer("pooler")(cls_state)
+    x = keras.layers.Dropout(dropout, name="classifier_dropout")(pooled_output)
     # Zero-initialised: fine-tuning starts from uniform probabilities. A random
     # kernel drawn from the same seeded stream as the pretraining run can line
     # up with the saturated pooled output and start at 99% for one class.
     probabilities = keras.layers.Dense(num_classes, activation="softmax", kernel_initializer="zeros",
                                        dtype="float32", name="classifier")(x)
-    return keras.Model(dict(backbone.input), probabilities, name=name)
+    return keras.Model(inputs, probabilities, name=name)
 
 
 FINETUNE_MODES = ("full", "frozen", "top-k")
