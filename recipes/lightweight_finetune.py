@@ -464,14 +464,15 @@ def run(args):
             print(f"--- {label}: done before, reusing {kept}", flush=True)
             return result
         print(f"--- {label}", flush=True)
-        path = os.path.join(args.out_dir, f"run-{os.getpid()}.json")
-        status = subprocess.run([sys.executable, os.path.abspath(__file__), *command, "--result", path]).returncode
-        if status:
-            raise SystemExit(f"error: method {method} failed (exit status {status})")
-        with open(path, encoding="utf-8") as f:
-            result = json.load(f)
+        # The child's result goes to a temporary folder, not OUT_DIR: a killed run leaves nothing there.
+        with tempfile.TemporaryDirectory(prefix="kerazoo-finetune-") as scratch:
+            path = os.path.join(scratch, "result.json")
+            status = subprocess.run([sys.executable, os.path.abspath(__file__), *command, "--result", path]).returncode
+            if status:
+                raise SystemExit(f"error: method {method} failed (exit status {status})")
+            with open(path, encoding="utf-8") as f:
+                result = json.load(f)
         training.write_json_atomically(kept, dict(result, command=command))
-        os.remove(path)
         return result
 
     selection = []

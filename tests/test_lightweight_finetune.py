@@ -176,7 +176,9 @@ def test_a_stopped_comparison_run_again_reuses_the_runs_that_finished(recipe, pr
         if method in failing:
             return type("Completed", (), {"returncode": 1})
         calls.append(method)
-        training.write_json_atomically(flags[flags.index("--result") + 1], dict(_run(method, 0, 0.5), plan="p"))
+        result = flags[flags.index("--result") + 1]
+        assert not result.startswith(str(tmp_path))  # a run killed here leaves nothing in OUT_DIR
+        training.write_json_atomically(result, dict(_run(method, 0, 0.5), plan="p"))
         return type("Completed", (), {"returncode": 0})
 
     monkeypatch.setattr(recipe.subprocess, "run", child_process)
@@ -185,6 +187,7 @@ def test_a_stopped_comparison_run_again_reuses_the_runs_that_finished(recipe, pr
     with pytest.raises(SystemExit, match="method prompt-2 failed"):
         recipe.main(argv)
     assert calls == ["head"] and sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["head.seed0.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]
     failing.clear()
     capsys.readouterr()
     assert recipe.main(argv) == 0
