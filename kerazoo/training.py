@@ -111,8 +111,9 @@ def select_plan(precision="auto", jit_compile="auto", strategy="default"):
     On a GPU: XLA always; `mixed_bfloat16` where the GPU supports it (compute
     capability >= 8.0), else `mixed_float16`. On a CPU, "auto" means float32
     with XLA: XLA and bfloat16 do not combine there (XLA's CPU backend does not
-    use the bfloat16 matmul units that oneDNN uses), and whether bfloat16
-    without XLA is faster depends on the model, so `choose_plan` times it.
+    use the bfloat16 matmul units that oneDNN uses), and whether bfloat16,
+    or float32 without XLA, is faster depends on the model, so `choose_plan`
+    times them.
     A CPU plan in mixed_bfloat16 without XLA gets `xla_fusion` where
     TensorFlow can still restrict auto-clustering to element-wise ops.
     On a TPU, "auto" is mixed_bfloat16 (TPUStrategy compiles with XLA
@@ -163,12 +164,14 @@ def select_plan(precision="auto", jit_compile="auto", strategy="default"):
 
 
 def candidate_plans(precision="auto", jit_compile="auto", strategy="default"):
-    """The plans `choose_plan` times: one per precision the options allow on this device.
+    """The plans `choose_plan` times: those the options allow on this device.
 
-    On a GPU (or with both options pinned) there is a single candidate, the
+    On a GPU (or with the precision pinned) there is a single candidate, the
     rule of `select_plan`. On a CPU, "auto" precision tries float32 and
-    mixed_bfloat16, each with its own jit rule unless `jit_compile` is pinned;
-    float32 alone where the CPU has no bfloat16 instructions
+    mixed_bfloat16, each with its own jit rule unless `jit_compile` is pinned,
+    and with "auto" jit float32 without XLA too (TensorFlow's oneDNN
+    kernels beat XLA's for some models, e.g. BERT pretraining here); no
+    mixed_bfloat16 where the CPU has no bfloat16 instructions
     (`cpu_bfloat16_instructions`).
     Under `multi-worker` and `tpu` there is a single candidate too: every
     worker must run the same plan, and each would time its own.
@@ -188,10 +191,18 @@ def candidate_plans(precision="auto", jit_compile="auto", strategy="default"):
                                                  "must run the same plan)")]
     if precision != "auto" or tf.config.list_physical_devices("GPU"):
         return [select_plan(precision, jit_compile, strategy)]
-    if cpu_bfloat16_instructions() is False:
-        plan = select_plan("auto", jit_compile, strategy)  # float32 on a CPU
-        return [dataclasses.replace(plan, reason=f"{plan.reason} (mixed_bfloat16 not timed: {_NO_BF16_CPU})")]
-    return [select_plan(p, jit_compile, strategy) for p in ("float32", "mixed_bfloat16")]
+    precisions = ["float32"] if cpu_bfloat16_instructions() is False else ["float32", "mixed_bfloat16"]
+    plans = [select_plan(p, jit_compile, strategy) for p in precisions]
+    if jit_compile == "auto" and plans[0].jit_compile:
+        plans.insert(1, select_plan("float32", False, strategy))
+    return [dataclasses.replace(plan, reason=plan.reason + _untimed_note(precision)) for plan in plans]
+
+
+def _untimed_note(precision):
+    """Why `candidate_plans` leaves mixed_bfloat16 out, where the CPU is the reason ("" otherwise)."""
+    if precision == "auto" and not tf.config.list_physical_devices("GPU") and cpu_bfloat16_instructions() is False:
+        return f" (mixed_bfloat16 not timed: {_NO_BF16_CPU})"
+    return ""
 
 
 def cpu_bfloat16_instructions():
@@ -296,7 +307,8 @@ def choose_plan(build, batch, precision="auto", jit_compile="auto", steps=4, cac
             seconds[plan] = _timed_and_reset(models[plan], plan, batch, steps, step_time)
     best = min(candidates, key=seconds.get)
     tried = ", ".join(f"{_plan_label(p)} {seconds[p] * 1e3:.1f} ms/step" for p in candidates)
-    plan = dataclasses.replace(best, reason=f"timed {steps} steps of this model: {tried} -> {_plan_label(best)}")
+    plan = dataclasses.replace(best, reason=f"timed {steps} steps of this model: {tried} -> {_plan_label(best)}"
+                                            + _untimed_note(precision))
     print_fn(f"plan: {plan.reason}")
     if cache_path:
         _write_plan_cache(cache_path, key, plan)

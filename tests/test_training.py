@@ -131,12 +131,13 @@ def _build(plan):
 
 
 def _fake_step_time(ms_per_step):
-    """A step timer that says what the test wants, per precision, and records what it was asked."""
+    """A step timer that says what the test wants, per precision (or (precision, jit_compile)), and records
+    what it was asked."""
     asked = []
 
     def step_time(model, plan, batch, steps):
         asked.append((plan.precision, plan.jit_compile, model.get_layer("block_0").compute_dtype))
-        return ms_per_step[plan.precision] / 1e3
+        return ms_per_step.get((plan.precision, plan.jit_compile), ms_per_step.get(plan.precision)) / 1e3
 
     step_time.asked = asked
     return step_time
@@ -150,14 +151,15 @@ def bfloat16_cpu(monkeypatch):
 
 @pytest.mark.parametrize("faster", ["float32", "mixed_bfloat16"])
 def test_choose_plan_keeps_the_faster_candidate_and_caches_it(tmp_path, rng, faster, bfloat16_cpu):
-    timer = _fake_step_time({"float32": 10.0, "mixed_bfloat16": 20.0} if faster == "float32"
-                            else {"float32": 30.0, "mixed_bfloat16": 12.0})
+    timer = _fake_step_time({("float32", True): 10.0, ("float32", False): 15.0, "mixed_bfloat16": 20.0}
+                            if faster == "float32" else {"float32": 30.0, "mixed_bfloat16": 12.0})
     lines, cache = [], tmp_path / "plans.json"
     batch = _lm_batch(rng)
     plan, model = training.choose_plan(_build, batch, cache_path=str(cache), step_time=timer,
                                        print_fn=lines.append)
-    # Each candidate ran under its own plan: float32 with XLA, bfloat16 without.
-    assert timer.asked == [("float32", True, "float32"), ("mixed_bfloat16", False, "bfloat16")]
+    # Each candidate ran under its own plan: float32 with and without XLA, bfloat16 without.
+    assert timer.asked == [("float32", True, "float32"), ("float32", False, "float32"),
+                           ("mixed_bfloat16", False, "bfloat16")]
     assert plan.precision == faster and plan.jit_compile == (faster == "float32")
     assert model.get_layer("block_0").compute_dtype == ("float32" if faster == "float32" else "bfloat16")
     assert model.jit_compile is plan.jit_compile
@@ -195,14 +197,22 @@ def test_choose_plan_returns_the_winner_untrained_and_pinned_flags_skip_timing(t
     assert not (tmp_path / "p.json").exists()
 
 
-def test_a_cpu_without_bfloat16_instructions_times_nothing_and_says_why(monkeypatch, rng):
+@pytest.mark.parametrize("xla_faster", [True, False])
+def test_a_cpu_without_bfloat16_instructions_times_float32_with_and_without_xla_and_says_why(monkeypatch, rng,
+                                                                                            xla_faster):
     monkeypatch.setattr(training, "cpu_bfloat16_instructions", lambda: False)
+    timer = _fake_step_time({("float32", True): 10.0 if xla_faster else 30.0, ("float32", False): 20.0})
     lines = []
-    plan, model = training.choose_plan(_build, _lm_batch(rng), cache_path=False, step_time=_fail_if_called,
+    plan, model = training.choose_plan(_build, _lm_batch(rng), cache_path=False, step_time=timer,
                                        print_fn=lines.append)
-    assert (plan.precision, plan.jit_compile) == ("float32", True)
-    assert model.get_layer("block_0").compute_dtype == "float32"
+    assert timer.asked == [("float32", True, "float32"), ("float32", False, "float32")]
+    assert (plan.precision, plan.jit_compile) == ("float32", xla_faster) and model.jit_compile is xla_faster
     assert "mixed_bfloat16 not timed: this CPU has no bfloat16 instructions" in lines[0]
+    # With XLA pinned (or off) there is one candidate, and nothing is timed.
+    pinned, _ = training.choose_plan(_build, _lm_batch(rng), jit_compile=True, cache_path=False,
+                                     step_time=_fail_if_called, print_fn=lines.append)
+    assert (pinned.precision, pinned.jit_compile) == ("float32", True)
+    assert "mixed_bfloat16 not timed" in lines[-1]
     # Asking for bfloat16 still gets it.
     [forced] = training.candidate_plans("mixed_bfloat16")
     assert forced.precision == "mixed_bfloat16"
