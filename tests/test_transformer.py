@@ -38,36 +38,23 @@ def _reference(block, x, mask, causal):
 
 @pytest.mark.parametrize("norm_first", [True, False])
 @pytest.mark.parametrize("causal", [True, False])
-def test_block_matches_stock_keras_composition(rng, norm_first, causal):
+def test_block_matches_stock_keras_composition_in_full_and_at_query_positions(rng, norm_first, causal):
     block = TransformerBlock(HEADS, FF, causal=causal, norm_first=norm_first)
     x = rng.normal(size=(2, 6, D_MODEL)).astype("float32")
     mask = np.array([[1, 1, 1, 1, 0, 0], [1] * 6], bool)
     got = block(x, padding_mask=mask)
-    np.testing.assert_allclose(got, _reference(block, x, mask, causal), atol=1e-5)
+    expected = np.asarray(_reference(block, x, mask, causal))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # query_positions: the outputs at those positions only (any order, repeats allowed), also symbolically.
+    positions = np.array([[0, 3, 1, 3], [5, 0, 2, 4]], "int32")
+    np.testing.assert_allclose(block(x, padding_mask=mask, query_positions=positions),
+                               np.take_along_axis(expected, positions[:, :, None], 1), atol=1e-5)
+    symbolic = block(keras.Input((6, D_MODEL)), query_positions=keras.Input((4,), dtype="int32"))
+    assert tuple(symbolic.shape) == (None, 4, D_MODEL)
     # 4 weights in attention, 2 x 2 in the norms, 2 x 2 in the feed-forward net.
     assert len(block.trainable_weights) == 12
     assert block.count_params() == (D_MODEL * 3 * D_MODEL + 3 * D_MODEL + D_MODEL * D_MODEL + D_MODEL
                                     + 4 * D_MODEL + D_MODEL * FF + FF + FF * D_MODEL + D_MODEL)
-
-
-@pytest.mark.parametrize("norm_first", [True, False])
-@pytest.mark.parametrize("causal", [True, False])
-def test_query_positions_give_the_full_outputs_at_those_positions(rng, norm_first, causal):
-    block = TransformerBlock(HEADS, FF, causal=causal, norm_first=norm_first)
-    x = rng.normal(size=(2, 6, D_MODEL)).astype("float32")
-    mask = np.array([[1, 1, 1, 1, 0, 0], [1] * 6], bool)
-    positions = np.array([[0, 3, 1, 3], [5, 0, 2, 4]], "int32")  # any order, repeats allowed
-    got = block(x, padding_mask=mask, query_positions=positions)
-    expected = np.take_along_axis(np.asarray(_reference(block, x, mask, causal)), positions[:, :, None], 1)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    # Symbolically too (the functional API): one output per query position.
-    symbolic = block(keras.Input((6, D_MODEL)), query_positions=keras.Input((4,), dtype="int32"))
-    assert tuple(symbolic.shape) == (None, 4, D_MODEL)
-    with pytest.raises(ValueError, match=r"query_positions.*\(batch, queries\)"):
-        block(x, query_positions=positions[0])
-    with pytest.raises(ValueError, match="cannot be combined"):
-        TransformerBlock(HEADS, FF, causal=True)(x[:, :1], cache=block.attention.empty_cache(2, 6), cache_index=0,
-                                                query_positions=positions[:, :1])
 
 
 def test_causal_block_ignores_future_tokens(rng):
@@ -94,3 +81,8 @@ def test_block_errors():
         TransformerBlock(-1, 8)
     with pytest.raises(ValueError, match=r"rank 3"):
         TransformerBlock(2, 8)(np.zeros((3, 10), "float32"))
+    x, block = np.zeros((2, 1, 8), "float32"), TransformerBlock(2, 8, causal=True)
+    with pytest.raises(ValueError, match=r"query_positions.*\(batch, queries\)"):
+        block(x, query_positions=np.zeros(2, "int32"))
+    with pytest.raises(ValueError, match="cannot be combined"):
+        block(x, cache=block.attention.empty_cache(2, 4), cache_index=0, query_positions=np.zeros((2, 1), "int32"))
