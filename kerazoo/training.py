@@ -27,8 +27,10 @@ STRATEGIES = ("default", "mirrored", "multi-worker", "tpu")
 # jit_compile="auto" turns XLA off under tf.distribute too.
 _NO_XLA_UNDER_STRATEGY = ("XLA and auto-clustering off: a tf.distribute step does not compile with XLA here "
                           "(as Keras's jit_compile='auto' decides)")
-_NO_BF16_CPU = ("this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), so bfloat16 would only be "
-                "converted to float32 around each kernel; --precision mixed_bfloat16 forces it")
+# Ends the reason of a CPU plan chosen without timing mixed_bfloat16.
+_NO_BF16_NOTE = (" (mixed_bfloat16 not timed: this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16), so "
+                 "bfloat16 would only be converted to float32 around each kernel; --precision mixed_bfloat16 "
+                 "forces it)")
 _strategies = {}  # name -> this process's one instance (collective ops are configured once per process)
 # TF_XLA_FLAGS that restrict CPU auto-clustering to element-wise ops (layer
 # norms, GELUs, softmaxes), leaving matmuls to oneDNN's bfloat16 kernels.
@@ -191,18 +193,13 @@ def candidate_plans(precision="auto", jit_compile="auto", strategy="default"):
                                                  "must run the same plan)")]
     if precision != "auto" or tf.config.list_physical_devices("GPU"):
         return [select_plan(precision, jit_compile, strategy)]
-    precisions = ["float32"] if cpu_bfloat16_instructions() is False else ["float32", "mixed_bfloat16"]
+    no_bfloat16 = cpu_bfloat16_instructions() is False
+    precisions = ("float32",) if no_bfloat16 else ("float32", "mixed_bfloat16")
     plans = [select_plan(p, jit_compile, strategy) for p in precisions]
     if jit_compile == "auto" and plans[0].jit_compile:
         plans.insert(1, select_plan("float32", False, strategy))
-    return [dataclasses.replace(plan, reason=plan.reason + _untimed_note(precision)) for plan in plans]
-
-
-def _untimed_note(precision):
-    """Why `candidate_plans` leaves mixed_bfloat16 out, where the CPU is the reason ("" otherwise)."""
-    if precision == "auto" and not tf.config.list_physical_devices("GPU") and cpu_bfloat16_instructions() is False:
-        return f" (mixed_bfloat16 not timed: {_NO_BF16_CPU})"
-    return ""
+    note = _NO_BF16_NOTE if no_bfloat16 else ""
+    return [dataclasses.replace(plan, reason=plan.reason + note) for plan in plans]
 
 
 def cpu_bfloat16_instructions():
@@ -307,8 +304,9 @@ def choose_plan(build, batch, precision="auto", jit_compile="auto", steps=4, cac
             seconds[plan] = _timed_and_reset(models[plan], plan, batch, steps, step_time)
     best = min(candidates, key=seconds.get)
     tried = ", ".join(f"{_plan_label(p)} {seconds[p] * 1e3:.1f} ms/step" for p in candidates)
+    untimed = "" if any(p.precision == "mixed_bfloat16" for p in candidates) else _NO_BF16_NOTE
     plan = dataclasses.replace(best, reason=f"timed {steps} steps of this model: {tried} -> {_plan_label(best)}"
-                                            + _untimed_note(precision))
+                                            + untimed)
     print_fn(f"plan: {plan.reason}")
     if cache_path:
         _write_plan_cache(cache_path, key, plan)
