@@ -91,19 +91,31 @@ def check_flags(args):
 
 
 class Progress(keras.callbacks.Callback):
-    """One line per log interval: losses, MLM/NSP accuracy (train and validation), tokens/s, elapsed time."""
+    """One line per log interval: losses, MLM/NSP accuracy (train and validation), tokens/s, elapsed time.
 
-    def __init__(self, log_every, tokens_per_step, time_limit=None):
+    Stops training after `max_steps` in all (the last interval may be shorter
+    than `log_every`; a run resumed from a checkpoint counts the steps done
+    before) or once `time_limit` minutes of this run have passed.
+    """
+
+    def __init__(self, log_every, tokens_per_step, max_steps, time_limit=None):
         super().__init__()
         self.log_every, self.tokens_per_step, self.time_limit = log_every, tokens_per_step, time_limit
-        self.steps, self.interval_first_step, self.last = 0, 0, {}
+        self.max_steps = max_steps
+        self.steps, self.interval_first_step, self.last = None, 0, {}
 
     def on_train_begin(self, logs=None):
         self.start = self.interval_start = time.perf_counter()
 
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.steps is None:  # epoch > 0 when resumed from a checkpoint
+            self.steps = self.interval_first_step = epoch * self.log_every
+
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        if self.time_limit and time.perf_counter() - self.start > self.time_limit * 60:
+        if self.steps >= self.max_steps:
+            self.model.stop_training = True
+        elif self.time_limit and time.perf_counter() - self.start > self.time_limit * 60:
             print(f"time limit of {self.time_limit:g} minutes reached after {self.steps} steps")
             self.model.stop_training = True
 
@@ -181,9 +193,10 @@ def run(args):
     backbone = backbones[pretrainer]
     print(f"backbone: {backbone.count_params():,d} parameters; pretrainer: {pretrainer.count_params():,d}")
 
-    progress, guard = Progress(args.log_every, batch_size * args.max_length, args.time_limit), \
+    progress, guard = Progress(args.log_every, batch_size * args.max_length, args.max_steps,
+                                args.time_limit), \
         nonfinite.NonFiniteGuard()
-    epochs = -(-args.max_steps // args.log_every)
+    epochs = -(-args.max_steps // args.log_every)  # Progress stops the last one at --max-steps
     validation_steps = min(20, (len(val_idx)) // batch_size)
     fit_start = time.perf_counter()
     with plan.scope():
@@ -194,13 +207,14 @@ def run(args):
         with recipe_flags.exit_on(FloatingPointError):
             guard.check(pretrainer)
         final = pretrainer.evaluate(val_ds, verbose=0, return_dict=True)
-    print(f"trained {progress.steps} steps in {fit_seconds:,.0f} s; held-out pairs ({len(val_idx):,d}): "
+    steps = int(pretrainer.optimizer.iterations.numpy())  # a resumed run's earlier steps included
+    print(f"trained {steps} steps in {fit_seconds:,.0f} s; held-out pairs ({len(val_idx):,d}): "
           f"mlm accuracy {final['mlm_accuracy']:.4f}, nsp accuracy {final['nsp_accuracy']:.4f}, "
           f"loss {final['loss']:.3f}")
 
     training.save_keras_atomically(backbone, os.path.join(args.output_dir, "backbone.keras"))
     tokenizer.save_vocabulary(os.path.join(args.output_dir, "vocabulary.json"))
-    save_json(dict(settings=vars(args), plan=plan.reason, steps=progress.steps, fit_seconds=fit_seconds,
+    save_json(dict(settings=vars(args), plan=plan.reason, steps=steps, fit_seconds=fit_seconds,
                    lower_case=not args.keep_case, max_length=args.max_length, validation=final,
                    last_training_logs=progress.last),
               os.path.join(args.output_dir, "pretraining.json"))

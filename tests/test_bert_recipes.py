@@ -55,14 +55,30 @@ def test_finetune_from_scratch_times_its_plan_and_exports(tmp_path, capsys):
     assert os.listdir(tmp_path / "tiny") == ["1"]
 
 
+def test_pretrain_resumed_from_a_checkpoint_stops_at_max_steps(tmp_path, capsys):
+    """A run resumed after one 10-step interval counts those steps and trains 5 more, not another whole interval."""
+    flags = ["--output-dir", str(tmp_path / "out"), "--vocab-size", "300", "--max-length", "32", "--d-model", "16",
+             "--num-heads", "2", "--num-layers", "1", "--ff-dim", "32", "--batch-size", "8", "--log-every", "10",
+             "--max-predictions", "5", "--precision", "float32", "--jit-compile", "off",
+             "--checkpoint-dir", str(tmp_path / "ckpt")]
+    pretrain = _load("bert_pretrain")
+    assert pretrain.main(flags + ["--max-steps", "10", "--warmup-steps", "2"]) == 0
+    assert pretrain.main(flags + ["--max-steps", "15", "--warmup-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^step +15: ", out, re.M) and "trained 15 steps" in out, out
+    assert json.loads((tmp_path / "out" / "pretraining.json").read_text())["steps"] == 15
+
+
 @pytest.mark.slow
 def test_pretrain_then_finetune_then_serve(tmp_path, capsys):
     pretrained = tmp_path / "pretrained"
     assert _load("bert_pretrain").main([
         "--output-dir", str(pretrained), "--vocab-size", "300", "--max-length", "32", "--d-model", "32",
-        "--num-heads", "2", "--num-layers", "2", "--ff-dim", "64", "--batch-size", "8", "--max-steps", "20",
+        "--num-heads", "2", "--num-layers", "2", "--ff-dim", "64", "--batch-size", "8", "--max-steps", "15",
         "--log-every", "10", "--max-predictions", "5"]) == 0
     out = capsys.readouterr().out
+    assert "trained 15 steps" in out  # a last, shorter log interval: --max-steps is not rounded up to 20
+    assert json.loads((pretrained / "pretraining.json").read_text())["steps"] == 15
     assert "mlm acc" in out and "nsp acc" in out and "held-out pairs" in out and "plan:" in out
     assert sorted(os.listdir(pretrained)) == ["backbone.keras", "pretraining.json", "vocabulary.json"]
     for mode in ("full", "frozen", "top-k"):
