@@ -193,9 +193,8 @@ def run(args):
     backbone = backbones[pretrainer]
     print(f"backbone: {backbone.count_params():,d} parameters; pretrainer: {pretrainer.count_params():,d}")
 
-    progress, guard = Progress(args.log_every, batch_size * args.max_length, args.max_steps,
-                                args.time_limit), \
-        nonfinite.NonFiniteGuard()
+    progress = Progress(args.log_every, batch_size * args.max_length, args.max_steps, args.time_limit)
+    guard = nonfinite.NonFiniteGuard()
     epochs = -(-args.max_steps // args.log_every)  # Progress stops the last one at --max-steps
     validation_steps = min(20, (len(val_idx)) // batch_size)
     fit_start = time.perf_counter()
