@@ -17,6 +17,7 @@ Methods (combine a base method with +fgm or +pgd: "mixed methods"):
   adapters-D    bottleneck adapters of width D           prompt-N     N soft-prompt vectors after [CLS]
   lora-R-T      LoRA of rank R on the projections T: attn (QKV and attention output, as lora-R), qkv,
                 ffn (both feed-forward projections) or all (the four)
+  lora-...-embE also LoRA of rank E on the token embedding table (e.g. lora-4-emb2, lora-8-all-emb4)
   ...+fgm       adversarial training, FGM on the token embeddings (--epsilon); +pgd: PGD (--pgd-steps)
 LoRA, adapters and prompts train the head too (a new classifier must). full, top-K use --learning-rate;
 the others --adapter-learning-rate (prompts: --prompt-learning-rate); --method-learning-rate METHOD=RATE
@@ -38,6 +39,7 @@ import collections
 import csv
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -59,7 +61,7 @@ SELECTION_COLUMNS = ("method", "factor", "learning_rate", "seed", "accuracy", "f
 # lora-R-T: the projections each target set adapts (kerazoo.finetune.LORA_TARGETS).
 LORA_TARGET_SETS = {"attn": ("qkv", "attention_output"), "qkv": ("qkv",), "ffn": ("ff_inner", "ff_output"),
                     "all": ("qkv", "attention_output", "ff_inner", "ff_output")}
-Method = collections.namedtuple("Method", "name size targets adversarial")
+Method = collections.namedtuple("Method", "name size targets embedding_rank adversarial")
 
 
 def parse_args(argv=None):
@@ -165,23 +167,28 @@ def _positive_rate(text, where):
 
 
 def parse_method(method):
-    """`"lora-8-all+fgm"` → `Method("lora", 8, ("qkv", ..., "ff_output"), "fgm")`; ValueError for an unknown one.
+    """`"lora-8-all-emb2+fgm"` → `Method("lora", 8, ("qkv", ..., "ff_output"), 2, "fgm")`; ValueError if unknown.
 
-    `targets` is None except for LoRA (`lora-R` is `lora-R-attn`).
+    `targets` is None except for LoRA (`lora-R` is `lora-R-attn`); `embedding_rank`
+    is LoRA's `-embE` (rank E on the token embedding table), else None.
     """
     base, _, adversarial = method.partition("+")
     name, _, size = base.partition("-")
-    size, _, target_set = size.partition("-")
+    size, *options = size.split("-")
+    embedding_rank = None
+    if name == "lora" and options and re.fullmatch(r"emb[1-9][0-9]*", options[-1]):
+        embedding_rank = int(options.pop()[3:])
+    target_set = options.pop() if options else ""
     sized = {"top": "K", "lora": "R", "adapters": "D", "prompt": "N"}
     valid = ((name in ("full", "head") and not size) or (name in sized and size.isdigit() and int(size) > 0)) \
-        and adversarial in ("", "fgm", "pgd") and (not target_set or (name == "lora"
-                                                                       and target_set in LORA_TARGET_SETS))
+        and adversarial in ("", "fgm", "pgd") and not options \
+        and (not target_set or (name == "lora" and target_set in LORA_TARGET_SETS))
     if not valid:
         raise ValueError(f"--methods: unknown method {method!r}; use full, head, top-K, lora-R, lora-R-T (T: "
-                         f"{', '.join(LORA_TARGET_SETS)}), adapters-D or prompt-N, optionally with +fgm or +pgd "
-                         "(e.g. lora-8+fgm)")
+                         f"{', '.join(LORA_TARGET_SETS)}), either with -embE, adapters-D or prompt-N, optionally "
+                         "with +fgm or +pgd (e.g. lora-8+fgm, lora-4-emb2)")
     targets = LORA_TARGET_SETS[target_set or "attn"] if name == "lora" else None
-    return Method(name, int(size) if size else None, targets, adversarial or None)
+    return Method(name, int(size) if size else None, targets, embedding_rank, adversarial or None)
 
 
 def learning_rate(args, method):
@@ -197,13 +204,13 @@ def learning_rate(args, method):
 
 def prepare(classifier, method):
     """Applies `method` to a fresh classifier; returns the model to train."""
-    name, size, targets, _ = parse_method(method)
+    name, size, targets, embedding_rank, _ = parse_method(method)
     if name in ("full", "head"):
         finetune.freeze(classifier, name)
     elif name == "top":
         finetune.freeze(classifier, "top_k", k=size)
     elif name == "lora":
-        finetune.apply_lora(classifier, size, targets=targets)
+        finetune.apply_lora(classifier, size, targets=targets, embedding_rank=embedding_rank)
     elif name == "adapters":
         finetune.apply_adapters(classifier, size)
     else:

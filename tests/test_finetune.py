@@ -141,6 +141,50 @@ def test_lora_on_the_feed_forward_of_a_language_model_merges_to_the_same_logits(
         finetune.apply_lora(lm, 0)
 
 
+def test_lora_on_the_token_embedding_trains_alone_merges_reloads_and_reaches_a_tied_output(rng, tmp_path):
+    classifier = _classifier()
+    x, y = _batch(rng)
+    reference = np.asarray(classifier(x))
+    adapted = finetune.apply_lora(classifier, 2, targets=("qkv",), embedding_rank=3)
+    assert adapted[-1] == "embedding/token_embedding" and len(adapted) == LAYERS + 1
+    np.testing.assert_array_equal(classifier(x), reference)
+    head = _params(classifier.get_layer("pooler")) + _params(classifier.get_layer("classifier"))
+    expected = LAYERS * 2 * (D_MODEL + 3 * D_MODEL) + 3 * (VOCAB + D_MODEL) + head
+    assert finetune.count_params(classifier.trainable_weights) == expected
+    before, trained = _snapshot(classifier), {v.path for v in classifier.trainable_weights}
+    assert {p for p in trained if "lora_embeddings" in p} == {"embedding/token_embedding/"
+                                                             f"lora_embeddings_{ab}" for ab in "ab"}
+    _train(classifier, x, y)
+    _check_only_trainable_changed(classifier, before, trained)  # the table itself is bit-identical
+    unmerged = np.asarray(classifier(x))
+    finetune.save_adapters(classifier, tmp_path / "lora.npz")
+
+    fresh = _classifier()
+    finetune.apply_lora(fresh, 2, targets=("qkv",), embedding_rank=3)
+    finetune.load_adapters(fresh, tmp_path / "lora.npz")
+    np.testing.assert_array_equal(fresh(x), unmerged)
+    with pytest.raises(ValueError, match="already has LoRA"):
+        finetune.apply_lora(fresh, 2, targets=("attention_output",), embedding_rank=3)
+    finetune.merge_lora(classifier)
+    assert not any("lora" in v.path for v in classifier.weights)
+    np.testing.assert_allclose(classifier(x), unmerged, atol=1e-5)
+
+    # A tied LM head reads the table through the same update: merged and unmerged logits agree only if
+    # the output projection used it too (the merge puts it in both places).
+    lm = _lm()
+    ids = rng.integers(1, VOCAB, size=(4, 12)).astype("int32")
+    finetune.apply_lora(lm, 2, train_head=False, embedding_rank=2)
+    table = lm.get_layer("embedding").token_embedding
+    table.lora_embeddings_b.assign(rng.normal(size=(2, D_MODEL)))
+    unmerged = np.asarray(lm(ids))
+    only_input_side = np.asarray(lm.get_layer("embedding").token_embedding(ids))
+    finetune.merge_lora(lm)
+    np.testing.assert_allclose(lm(ids), unmerged, atol=1e-4)
+    np.testing.assert_allclose(lm.get_layer("embedding").token_embedding(ids), only_input_side, atol=1e-6)
+    with pytest.raises(ValueError, match="embedding_rank"):
+        finetune.apply_lora(_lm(), 2, embedding_rank=0)
+
+
 def test_adapter_only_file_loads_onto_a_fresh_base_and_the_merged_model_serves(rng, tmp_path):
     classifier = _classifier()
     x, y = _batch(rng)

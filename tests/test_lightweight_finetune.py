@@ -57,12 +57,17 @@ def test_bad_flags_are_one_line_errors(recipe, capsys, argv, message):
 
 
 def test_method_names(recipe):
-    assert recipe.parse_method("lora-8+fgm") == ("lora", 8, ("qkv", "attention_output"), "fgm")
+    assert recipe.parse_method("lora-8+fgm") == ("lora", 8, ("qkv", "attention_output"), None, "fgm")
     assert recipe.parse_method("lora-4-all") == ("lora", 4, ("qkv", "attention_output", "ff_inner", "ff_output"),
-                                                 None)
+                                                 None, None)
     assert recipe.parse_method("lora-4-ffn+pgd").targets == ("ff_inner", "ff_output")
-    assert recipe.parse_method("top-2") == ("top", 2, None, None)
-    assert recipe.parse_method("full") == ("full", None, None, None)
+    assert recipe.parse_method("lora-4-emb2") == ("lora", 4, ("qkv", "attention_output"), 2, None)
+    assert recipe.parse_method("lora-8-qkv-emb16+fgm") == ("lora", 8, ("qkv",), 16, "fgm")
+    assert recipe.parse_method("top-2") == ("top", 2, None, None, None)
+    assert recipe.parse_method("full") == ("full", None, None, None, None)
+    for unknown in ("lora-4-emb0", "lora-4-emb", "lora-4-emb2-all", "lora-4-all-attn", "top-2-emb2", "full-emb2"):
+        with pytest.raises(ValueError, match="unknown method"):
+            recipe.parse_method(unknown)
 
 
 def test_each_method_gets_its_groups_rate_unless_named_or_chosen(recipe):
@@ -86,6 +91,10 @@ def test_lora_target_sets_train_their_factors(recipe, pretrained):
         classifier = models.bert_classifier(keras.models.clone_model(backbone), 2)
         model = recipe.prepare(classifier, f"lora-3-{target_set}")
         assert finetune.trainable_report(model, print_fn=None).trainable == head + 2 * 3 * factors, target_set
+    classifier = models.bert_classifier(keras.models.clone_model(backbone), 2)
+    model = recipe.prepare(classifier, "lora-3-qkv-emb2")
+    vocab = backbone.get_layer("embedding").vocab_size
+    assert finetune.trainable_report(model, print_fn=None).trainable == head + 2 * 3 * (16 + 48) + 2 * (vocab + 16)
 
 
 def test_one_method_is_scored_and_the_table_and_chart_are_written(recipe, pretrained, tmp_path):

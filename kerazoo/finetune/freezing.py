@@ -7,6 +7,8 @@ import numpy as np
 from kerazoo.layers import BottleneckAdapter, SoftPrompt, TransformerBlock
 
 POLICIES = ("full", "head", "top_k", "embeddings", "all")
+# The attributes holding the factors of Keras's own LoRA (`enable_lora`).
+LORA_FACTORS = ("lora_kernel_a", "lora_kernel_b", "lora_embeddings_a", "lora_embeddings_b")
 
 
 def freeze(model, policy, k=None):
@@ -87,8 +89,8 @@ def adapter_weights(model):
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, (BottleneckAdapter, SoftPrompt)):
             found += layer.weights
-        elif getattr(layer, "lora_enabled", False):
-            found += [layer.lora_kernel_a, layer.lora_kernel_b]
+        elif getattr(layer, "lora_enabled", False):  # Dense / EinsumDense kernels, Embedding tables
+            found += [getattr(layer, name) for name in LORA_FACTORS if hasattr(layer, name)]
     return _unique(found)
 
 
