@@ -6,10 +6,11 @@ Runs offline on the embedded sample corpus by default (about a minute):
     python recipes/bert_pretrain.py --data corpus.txt --max-steps 20000 --time-limit 30
 
 Text files hold documents separated by blank lines; a sentence ends at a line
-break or after . ! ? . Each training example is a sentence pair (half the
-time the true next sentence, half a sentence of another document), packed as
-[CLS] A [SEP] B [SEP] and 15% of its tokens masked (80% [MASK], 10% random,
-10% unchanged). Loss = MLM + NSP cross-entropy, AdamW with linear warm-up and
+break or after . ! ? . Consecutive sentences of a document are joined into
+segments of up to --segment-words words, as BERT fills its segments. Each
+training example is a segment pair (half the time the true next segment, half
+a segment of another document), packed as [CLS] A [SEP] B [SEP] and 15% of
+its tokens masked (80% [MASK], 10% random, 10% unchanged). Loss = MLM + NSP cross-entropy, AdamW with linear warm-up and
 linear decay. Writes OUTPUT_DIR/backbone.keras, OUTPUT_DIR/vocabulary.json and
 OUTPUT_DIR/pretraining.json (settings and final metrics), each atomically;
 recipes/bert_finetune.py --pretrained OUTPUT_DIR fine-tunes it.
@@ -38,7 +39,12 @@ def parse_args(argv=None):
     source.add_argument("--vocab-size", type=int, default=8192, help="WordPiece vocabulary (default: 8192)")
     source.add_argument("--keep-case", action="store_true", help="do not lower-case the text")
     source.add_argument("--validation-fraction", type=float, default=0.02,
-                        help="sentence pairs held out for validation (default: 0.02)")
+                        help="segment pairs held out for validation (default: 0.02)")
+    source.add_argument("--segment-words", type=int,
+                        help="join consecutive sentences of a document into segments of up to this many words, "
+                             "as BERT fills its segments; 0: one sentence per segment (default: (--max-length - "
+                             "3) // 3, so that a pair of segments, at about 1.3 WordPiece tokens per word, fills "
+                             "most of the packed length)")
     model = parser.add_argument_group("model")
     model.add_argument("--max-length", type=int, default=64, help="tokens per packed pair (default: 64)")
     model.add_argument("--d-model", type=int, default=256, help="(default: 256)")
@@ -72,6 +78,9 @@ def check_flags(args):
     recipe_flags.positive(args, "vocab_size", "max_length", "d_model", "num_heads", "num_layers", "ff_dim",
                           "max_predictions", "batch_size", "max_steps", "log_every")
     recipe_flags.in_range(args, "max_length", low=4)  # [CLS] A [SEP] B [SEP]
+    if args.segment_words is None:
+        args.segment_words = max(1, (args.max_length - 3) // 3)
+    recipe_flags.in_range(args, "segment_words", low=0)
     recipe_flags.in_range(args, "vocab_size", low=6)  # 5 special tokens and one piece
     recipe_flags.in_range(args, "dropout", 0, 1, high_open=True)
     recipe_flags.in_range(args, "validation_fraction", 0, 1, low_open=True, high_open=True)
@@ -153,12 +162,13 @@ def run(args):
     try:
         corpus = data.read_text(args.data) if args.data else data.sample_corpus()
         documents = text.split_documents(corpus)
-        first, second, is_next = text.nsp_pairs(documents, seed=args.seed)
+        first, second, is_next = text.nsp_pairs(documents, seed=args.seed, segment_words=args.segment_words or None)
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     source = ", ".join(args.data) if args.data else "the embedded sample corpus"
+    unit = f"segment (up to {args.segment_words} words)" if args.segment_words else "sentence"
     print(f"{source}: {len(documents):,d} documents, {sum(map(len, documents)):,d} sentences, "
-          f"{len(first):,d} sentence pairs ({is_next.mean():.1%} true next)")
+          f"{len(first):,d} {unit} pairs ({is_next.mean():.1%} true next)")
 
     order = np.random.default_rng(args.seed).permutation(len(first))
     held = max(batch_size, round(len(first) * args.validation_fraction))

@@ -140,6 +140,25 @@ def test_nsp_pairs_half_true_next_sentences_and_negatives_from_other_documents()
         text.nsp_pairs([["a"], ["b"]])
 
 
+def test_nsp_pairs_of_segments_join_consecutive_sentences_up_to_the_word_limit():
+    # At most 5 words: "a b c." + "d e." fit; the 12-word sentence stands alone; "r." + "s t." fit.
+    words = [["a", "b", "c"], ["d", "e"], list("fghijklmnopq"), ["r"], ["s", "t"]]
+    groups = [[0, 1], [2], [3, 4]]
+    documents, segments = [], {}
+    for d in range(40):  # each word tagged with its document
+        sentences = [" ".join(f"{w}{d}" for w in sentence) + "." for sentence in words]
+        documents.append(sentences)
+        segments.update({" ".join(sentences[i] for i in group): (d, g) for g, group in enumerate(groups)})
+    first, second, is_next = text.nsp_pairs(documents, seed=1, segment_words=5)
+    assert sorted(first) == sorted(s for s, (d, g) in segments.items() if g < len(groups) - 1)
+    assert abs(is_next.mean() - 0.5) < 4 * np.sqrt(0.25 / len(first))
+    for a, b, label in zip(first, second, is_next):
+        (da, ga), (db, gb) = segments[a], segments[b]
+        assert (db, gb) == (da, ga + 1) if label else db != da
+    with pytest.raises(ValueError, match="segment_words"):
+        text.nsp_pairs(documents, segment_words=0)
+
+
 def test_pretraining_dataset_batches(tokenizer):
     first, second, is_next = text.nsp_pairs(text.split_documents("\n\n".join(" ".join(CORPUS[i:i + 3])
                                                                              for i in range(0, 12, 3))))

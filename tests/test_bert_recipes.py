@@ -26,6 +26,7 @@ def _load(name):
 @pytest.mark.parametrize("recipe,argv,message", [
     ("bert_pretrain", ["--max-length", "3"], "--max-length must be a finite number in [4, inf]; received 3"),
     ("bert_pretrain", ["--max-steps", "10", "--warmup-steps", "10"], "--warmup-steps must be"),
+    ("bert_pretrain", ["--segment-words", "-1"], "--segment-words must be a finite number in [0, inf]; received -1"),
     ("bert_pretrain", ["--d-model", "30", "--num-heads", "4"], "--d-model 30 is not divisible by --num-heads 4"),
     ("bert_finetune", ["--mode", "top-k", "--top-k", "0"], "--top-k must be an integer >= 1; received 0"),
     ("bert_finetune", ["--learning-rate", "nan"], "--learning-rate must be a finite number"),
@@ -67,6 +68,7 @@ def test_pretrain_resumed_from_a_checkpoint_stops_at_max_steps(tmp_path, capsys)
     assert pretrain.main(flags + ["--max-steps", "15", "--warmup-steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "1 epochs done (optimizer step 10)" in out, out
+    assert "segment (up to 9 words) pairs" in out  # the default for --max-length 32
     assert re.findall(r"^step +(\d+): ", out, re.M) == ["15"] and "trained 15 steps" in out, out
     assert json.loads((tmp_path / "out" / "pretraining.json").read_text())["steps"] == 15
 

@@ -160,24 +160,44 @@ def split_documents(text):
     return documents
 
 
-def nsp_pairs(documents, seed=0):
+def nsp_pairs(documents, seed=0, segment_words=None):
     """Next-sentence-prediction pairs: every sentence that has a successor, with it or with a random one.
 
     For each sentence followed by another in its document, with probability
     1/2 the pair is (sentence, next sentence), label 1 ("is next"), otherwise
     (sentence, a random sentence of a different document), label 0.
 
+    With `segment_words`, the units are segments instead of sentences:
+    consecutive sentences of a document joined while they have at most that
+    many words (a longer sentence is a segment of its own), as BERT fills
+    its segments with text. Short sentences alone leave most of a packed
+    sequence as padding, which costs compute and teaches nothing.
+
     Args:
         documents: a list of documents, each a list of sentences (e.g. from
             `split_documents`); at least two documents.
         seed: seed of the choices.
+        segment_words: the most words of a segment of several sentences
+            (default: one sentence per segment).
 
     Returns:
         `(first, second, is_next)`: two lists of strings and an int32 array.
+
+    Example:
+
+    >>> documents = [["One two.", "Three.", "Four five six."], ["Seven.", "Eight.", "Nine ten."]]
+    >>> first, second, is_next = nsp_pairs(documents, segment_words=3)
+    >>> first
+    ['One two. Three.', 'Seven. Eight.']
     """
     if len(documents) < 2:
         raise ValueError(f"next-sentence pairs need at least 2 documents (separated by blank lines) to "
                          f"draw negatives from; received {len(documents)}.")
+    if segment_words is not None:
+        if not isinstance(segment_words, int) or segment_words < 1:
+            raise ValueError(f"`segment_words` must be a positive integer or None; received "
+                             f"segment_words={segment_words!r}.")
+        documents = [_join_sentences(document, segment_words) for document in documents]
     rng = np.random.default_rng(seed)
     first, second, is_next = [], [], []
     for d, document in enumerate(documents):
@@ -192,9 +212,22 @@ def nsp_pairs(documents, seed=0):
                 second.append(documents[other][int(rng.integers(len(documents[other])))])
                 is_next.append(0)
     if not first:
-        raise ValueError("no document has two sentences: next-sentence pairs need documents of several "
-                         "sentences.")
+        raise ValueError("no document has two sentences (or segments): next-sentence pairs need documents of "
+                         "several sentences.")
     return first, second, np.asarray(is_next, dtype=np.int32)
+
+
+def _join_sentences(sentences, max_words):
+    """Consecutive `sentences` joined by spaces into segments of at most `max_words` words (or one sentence)."""
+    segments, current, words = [], [], 0
+    for sentence in sentences:
+        count = len(sentence.split())
+        if current and words + count > max_words:
+            segments.append(" ".join(current))
+            current, words = [], 0
+        current.append(sentence)
+        words += count
+    return segments + [" ".join(current)]
 
 
 @keras.saving.register_keras_serializable(package="kerazoo")
