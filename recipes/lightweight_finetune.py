@@ -54,7 +54,7 @@ import bert_finetune  # noqa: E402  (its encoder and data flags and loaders)
 
 from kerazoo import evaluation, finetune, models, recipe_flags, text, training, visualize  # noqa: E402
 
-DEFAULT_METHODS = "full,head,top-2,lora-4,lora-8,lora-16,adapters-16,prompt-20,full+fgm"
+DEFAULT_METHODS = "full,head,top-2,lora-4,lora-8,lora-16,lora-4-emb2,adapters-16,prompt-20,full+fgm"
 COLUMNS = ("method", "seed", "learning_rate", "trainable", "trainable_percent", "accuracy", "f1", "typo_accuracy",
            "seconds_per_step", "peak_memory_mb", "shipped_bytes", "shipped_percent")
 SELECTION_COLUMNS = ("method", "factor", "learning_rate", "seed", "accuracy", "f1", "scored_examples")
