@@ -28,7 +28,7 @@ def apply_lora(model, rank, alpha=None, targets=("qkv", "attention_output"), tra
     its own (`keras.layers.Embedding.enable_lora`; a tied output projection
     uses the updated table too). What a small encoder must learn for a task
     is often in its word vectors (on SST-2, LoRA with a frozen table stayed
-    13 points below full fine-tuning of the recipe-size encoder), and a
+    13–14 points below full fine-tuning of the recipe-size encoder), and a
     low-rank update moves every word along a few shared directions for
     `embedding_rank * (vocab_size + d_model)` parameters.
 
