@@ -10,8 +10,9 @@ break or after . ! ? . Consecutive sentences of a document are joined into
 segments of up to --segment-words words, as BERT fills its segments. Each
 training example is a segment pair (half the time the true next segment, half
 a segment of another document), packed as [CLS] A [SEP] B [SEP] and 15% of
-its tokens masked (80% [MASK], 10% random, 10% unchanged). Loss = MLM + NSP cross-entropy, AdamW with linear warm-up and
-linear decay. Writes OUTPUT_DIR/backbone.keras, OUTPUT_DIR/vocabulary.json and
+its tokens masked (80% [MASK], 10% random, 10% unchanged). Loss = MLM + NSP
+cross-entropy, AdamW with linear warm-up and linear decay. Writes
+OUTPUT_DIR/backbone.keras, OUTPUT_DIR/vocabulary.json and
 OUTPUT_DIR/pretraining.json (settings and final metrics), each atomically;
 recipes/bert_finetune.py --pretrained OUTPUT_DIR fine-tunes it.
 """
