@@ -163,8 +163,9 @@ def test_lora_on_the_token_embedding_trains_alone_merges_reloads_and_reaches_a_t
     finetune.apply_lora(fresh, 2, targets=("qkv",), embedding_rank=3)
     finetune.load_adapters(fresh, tmp_path / "lora.npz")
     np.testing.assert_array_equal(fresh(x), unmerged)
-    with pytest.raises(ValueError, match="already has LoRA"):
+    with pytest.raises(ValueError, match="token_embedding already has LoRA"):
         finetune.apply_lora(fresh, 2, targets=("attention_output",), embedding_rank=3)
+    assert not fresh.get_layer("block_0").attention.output_dense.lora_enabled  # checked before any change
     finetune.merge_lora(classifier)
     assert not any("lora" in v.path for v in classifier.weights)
     np.testing.assert_allclose(classifier(x), unmerged, atol=1e-5)
@@ -177,10 +178,10 @@ def test_lora_on_the_token_embedding_trains_alone_merges_reloads_and_reaches_a_t
     table = lm.get_layer("embedding").token_embedding
     table.lora_embeddings_b.assign(rng.normal(size=(2, D_MODEL)))
     unmerged = np.asarray(lm(ids))
-    only_input_side = np.asarray(lm.get_layer("embedding").token_embedding(ids))
+    looked_up = np.asarray(table(ids))
     finetune.merge_lora(lm)
     np.testing.assert_allclose(lm(ids), unmerged, atol=1e-4)
-    np.testing.assert_allclose(lm.get_layer("embedding").token_embedding(ids), only_input_side, atol=1e-6)
+    np.testing.assert_allclose(table(ids), looked_up, atol=1e-6)
     with pytest.raises(ValueError, match="embedding_rank"):
         finetune.apply_lora(_lm(), 2, embedding_rank=0)
 

@@ -60,30 +60,24 @@ def apply_lora(model, rank, alpha=None, targets=("qkv", "attention_output"), tra
     unknown = [t for t in targets if t not in TARGETS]
     if unknown or not targets:
         raise ValueError(f"`targets` must be a non-empty list of {sorted(TARGETS)}; received targets={targets!r}.")
-    blocks = [layer for name, layers in layer_groups(model).items() if name.startswith("block_")
-              for layer in layers]
-    adapted = []
-    for block in blocks:
-        for target in targets:
-            dense = TARGETS[target](block)
-            if dense.lora_enabled:
-                raise ValueError(f"{dense.path} already has LoRA (rank {dense.lora_rank}); merge_lora first.")
-            dense.enable_lora(rank, lora_alpha=alpha)
-            adapted.append(dense.path)
+    groups = layer_groups(model)
+    # (layer, rank, alpha) for every layer to adapt, all checked before any changes.
+    plan = [(TARGETS[target](block), rank, alpha) for name, layers in groups.items() if name.startswith("block_")
+            for block in layers for target in targets]
     if embedding_rank:
-        table = _token_embedding(model)
-        if table.lora_enabled:
-            raise ValueError(f"{table.path} already has LoRA (rank {table.lora_rank}); merge_lora first.")
-        table.enable_lora(embedding_rank)
-        adapted.append(table.path)
+        plan.append((_token_embedding(model, groups), embedding_rank, None))
+    for layer, _, _ in plan:
+        if layer.lora_enabled:
+            raise ValueError(f"{layer.path} already has LoRA (rank {layer.lora_rank}); merge_lora first.")
+    for layer, layer_rank, layer_alpha in plan:
+        layer.enable_lora(layer_rank, lora_alpha=layer_alpha)
     train_only(model, head_weights(model) if train_head else [])
-    return adapted
+    return [layer.path for layer, _, _ in plan]
 
 
-def _token_embedding(model):
+def _token_embedding(model, groups):
     """The `keras.layers.Embedding` of the model's token ids (inside its `TokenAndPositionEmbedding`)."""
-    found = [layer.token_embedding for layer in layer_groups(model)["embeddings"]
-             if isinstance(layer, TokenAndPositionEmbedding)]
+    found = [layer.token_embedding for layer in groups["embeddings"] if isinstance(layer, TokenAndPositionEmbedding)]
     if len(found) != 1:
         raise ValueError(f"model {model.name!r} has {len(found)} TokenAndPositionEmbedding layers before its first "
                          "block; embedding_rank needs exactly one")
