@@ -71,11 +71,15 @@ def parse_args(argv=None):
 
 def add_encoder_flags(parser):
     """The flags choosing the encoder: `--pretrained DIR` or `--from-scratch` and its size (also lightweight_finetune.py)."""
-    start = parser.add_argument_group("starting point").add_mutually_exclusive_group()
+    group = parser.add_argument_group("starting point")
+    start = group.add_mutually_exclusive_group()
     start.add_argument("--pretrained", metavar="DIR", default="saved_models/bert_pretrained",
                        help="output of bert_pretrain.py (default: saved_models/bert_pretrained)")
     start.add_argument("--from-scratch", action="store_true",
                        help="a randomly initialised encoder of the size given below")
+    group.add_argument("--encoder-dropout", type=float, default=0.1,
+                       help="dropout after the embeddings and in every block while fine-tuning, of a pretrained "
+                            "encoder too (default: 0.1, BERT's; bert_pretrain.py trains without)")
     scratch = parser.add_argument_group("from scratch")
     scratch.add_argument("--vocabulary", metavar="FILE",
                          help="vocabulary.json to use (default: learn one from the training texts)")
@@ -84,7 +88,6 @@ def add_encoder_flags(parser):
     scratch.add_argument("--num-heads", type=int, default=4, help="(default: 4)")
     scratch.add_argument("--num-layers", type=int, default=4, help="(default: 4)")
     scratch.add_argument("--ff-dim", type=int, default=1024, help="(default: 1024)")
-    scratch.add_argument("--encoder-dropout", type=float, default=0.1, help="(default: 0.1)")
     scratch.add_argument("--keep-case", action="store_true", help="do not lower-case the text")
 
 
@@ -191,13 +194,13 @@ def load_tokenizer(args, train_texts):
 def load_backbone(args, tokenizer, plan):
     """The pretrained backbone, or a fresh one of the flags' size, computing in `plan`'s precision.
 
-    A `.keras` file keeps the dtype policy it was trained in, so a loaded backbone is rebuilt in the plan's
-    (`training.with_precision`).
+    A `.keras` file keeps the dtype policy and dropout it was trained with, so a loaded backbone is rebuilt
+    with the plan's policy and `--encoder-dropout` (`training.with_precision`, `models.with_dropout`).
     """
     with plan.scope():
         if not args.from_scratch:
-            return training.with_precision(keras.models.load_model(_pretrained_files(args)["backbone.keras"]),
-                                           plan.precision)
+            backbone = keras.models.load_model(_pretrained_files(args)["backbone.keras"])
+            return models.with_dropout(training.with_precision(backbone, plan.precision), args.encoder_dropout)
         return models.bert_backbone(tokenizer.vocabulary_size, args.max_length or 128, args.d_model,
                                     args.num_heads, args.num_layers, args.ff_dim, args.encoder_dropout)
 

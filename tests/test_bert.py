@@ -95,6 +95,23 @@ def test_classifier_is_softmax_of_the_backbones_pooled_output(rng):
     np.testing.assert_allclose(classifier(x), expected / expected.sum(-1, keepdims=True), atol=1e-5)
 
 
+def test_with_dropout_sets_every_rate_and_keeps_the_weights(rng):
+    backbone = _backbone(50, dropout=0.0)
+    x = _inputs(rng, 50)
+    np.testing.assert_array_equal(backbone(x, training=True)["sequence_output"], backbone(x)["sequence_output"])
+    rebuilt = models.with_dropout(backbone, 0.3)
+    rates = [layer.rate for layer in rebuilt._flatten_layers() if isinstance(layer, keras.layers.Dropout)]
+    assert rates == [0.3] * 5  # after the embeddings; in each of 2 blocks, its residuals' and its attention's
+    for a, b in zip(rebuilt.get_weights(), backbone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # Inference is unchanged; in training the new rate drops units (the rate-0 original's outputs do not move).
+    np.testing.assert_allclose(rebuilt(x)["sequence_output"], backbone(x)["sequence_output"], atol=1e-6)
+    assert not np.allclose(rebuilt(x, training=True)["sequence_output"], backbone(x)["sequence_output"], atol=1e-3)
+    assert models.with_dropout(rebuilt, 0.3) is rebuilt
+    with pytest.raises(ValueError, match="dropout"):
+        models.with_dropout(backbone, 1.0)
+
+
 def test_pretrainer_mlm_loss_falls_on_a_tiny_corpus(tokenizer):
     first, second, is_next = text.nsp_pairs(text.split_documents(CORPUS), seed=0)
     ds = text.pretraining_dataset(first, second, is_next, text.BertPreprocessor(tokenizer, 24), max_predictions=4,

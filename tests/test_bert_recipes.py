@@ -56,6 +56,23 @@ def test_finetune_from_scratch_times_its_plan_and_exports(tmp_path, capsys):
     assert os.listdir(tmp_path / "tiny") == ["1"]
 
 
+def test_finetune_gives_a_pretrained_encoder_the_encoder_dropout(tmp_path):
+    """bert_pretrain saves an encoder without dropout; fine-tuning rebuilds it with --encoder-dropout (0.1)."""
+    from kerazoo import models, training
+
+    backbone = models.bert_backbone(30, max_length=8, d_model=8, num_heads=2, num_layers=1, ff_dim=16, dropout=0.0)
+    backbone.save(tmp_path / "backbone.keras")
+    for name in ("vocabulary.json", "pretraining.json"):
+        (tmp_path / name).write_text("{}")  # present, as _pretrained_files requires; the backbone is all that loads
+    finetune = _load("bert_finetune")
+    for argv, rate in (([], 0.1), (["--encoder-dropout", "0.25"], 0.25)):
+        args = finetune.parse_args(["--pretrained", str(tmp_path), *argv])
+        loaded = finetune.load_backbone(args, None, training.TrainingPlan("float32", False, "test"))
+        assert {layer.rate for layer in loaded._flatten_layers() if isinstance(layer, keras.layers.Dropout)} == {rate}
+        for a, b in zip(loaded.get_weights(), backbone.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_pretrain_resumed_from_a_checkpoint_stops_at_max_steps(tmp_path, capsys):
     """A run resumed after one 10-step interval counts those steps and trains 5 more, not another whole interval."""
     flags = ["--output-dir", str(tmp_path / "out"), "--vocab-size", "300", "--max-length", "32", "--d-model", "16",

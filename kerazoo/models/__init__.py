@@ -1,7 +1,7 @@
 """Builders that return plain functional `keras.Model`s."""
 
 from kerazoo.models.bert import (FINETUNE_MODES, bert_backbone, bert_classifier, bert_pretrainer,
-                                 pretraining_compile_args, set_finetune_mode)
+                                 pretraining_compile_args, set_finetune_mode, with_dropout)
 from kerazoo.models.causal_lm import CausalLM
 from kerazoo.models.lstm_classifier import lstm_classifier
 from kerazoo.models.pipeline import with_preprocessor
@@ -12,4 +12,5 @@ from kerazoo.models.word2vec import (SkipGram, analogy_accuracy, nearest_neighbo
 
 __all__ = ["CausalLM", "FINETUNE_MODES", "SkipGram", "analogy_accuracy", "bert_backbone", "bert_classifier", "bert_pretrainer",
            "lstm_classifier", "nearest_neighbours", "pretraining_compile_args", "read_analogies", "rnn_seq2seq",
-           "set_finetune_mode", "transformer_lm", "transformer_seq2seq", "window_pairs", "with_preprocessor", "word2vec"]
+           "set_finetune_mode", "transformer_lm", "transformer_seq2seq", "window_pairs", "with_dropout",
+           "with_preprocessor", "word2vec"]

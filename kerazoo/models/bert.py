@@ -78,6 +78,40 @@ def bert_backbone(vocab_size, max_length=128, d_model=256, num_heads=4, num_laye
     return keras.Model(inputs, {"sequence_output": x, "pooled_output": pooled}, name=name)
 
 
+def with_dropout(backbone, dropout):
+    """`backbone` with every dropout rate set to `dropout`: a rebuilt copy with the same weights.
+
+    A backbone keeps the rate it was built with; `bert_pretrain` builds
+    without dropout (a short pretraining underfits), while fine-tuning on a
+    labelled set of tens of thousands of examples wants BERT's 0.1.
+
+    Args:
+        backbone: a `bert_backbone` (e.g. loaded from a `.keras` file).
+        dropout: the new rate, in [0, 1), after the embeddings and in every block.
+
+    Returns:
+        A backbone with `dropout` and `backbone`'s weights (`backbone` itself when its rates already are).
+
+    Example:
+
+    >>> backbone = bert_backbone(vocab_size=100, max_length=16, d_model=32, num_layers=2, ff_dim=64, dropout=0.0)
+    >>> with_dropout(backbone, 0.1).get_layer("block_1").dropout
+    0.1
+    """
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"`dropout` must be in [0, 1); received dropout={dropout!r}.")
+    config = backbone.get_config()
+    rates = {"Dropout": "rate", "TransformerBlock": "dropout"}
+    layers = [layer for layer in config["layers"] if layer["class_name"] in rates]
+    if all(layer["config"][rates[layer["class_name"]]] == dropout for layer in layers):
+        return backbone
+    for layer in layers:
+        layer["config"][rates[layer["class_name"]]] = dropout
+    rebuilt = backbone.__class__.from_config(config)
+    rebuilt.set_weights(backbone.get_weights())
+    return rebuilt
+
+
 def bert_pretrainer(backbone, name="bert_pretrainer"):
     """Adds BERT's masked-LM and next-sentence heads to a `bert_backbone`.
 
