@@ -77,9 +77,9 @@ def add_encoder_flags(parser):
                        help="output of bert_pretrain.py (default: saved_models/bert_pretrained)")
     start.add_argument("--from-scratch", action="store_true",
                        help="a randomly initialised encoder of the size given below")
-    group.add_argument("--encoder-dropout", type=float, default=0.1,
-                       help="dropout after the embeddings and in every block while fine-tuning, of a pretrained "
-                            "encoder too (default: 0.1, BERT's; bert_pretrain.py trains without)")
+    group.add_argument("--encoder-dropout", type=float,
+                       help="dropout after the embeddings and in every block while fine-tuning (default: 0.1 from "
+                            "scratch; a pretrained encoder keeps its own, 0 from bert_pretrain.py)")
     scratch = parser.add_argument_group("from scratch")
     scratch.add_argument("--vocabulary", metavar="FILE",
                          help="vocabulary.json to use (default: learn one from the training texts)")
@@ -128,7 +128,8 @@ def check_encoder_and_data_flags(args):
         recipe_flags.in_range(args, "max_length", low=4)
     if args.max_train_examples is not None:
         recipe_flags.in_range(args, "max_train_examples", low=2)
-    recipe_flags.in_range(args, "encoder_dropout", 0, 1, high_open=True)
+    if args.encoder_dropout is not None:
+        recipe_flags.in_range(args, "encoder_dropout", 0, 1, high_open=True)
     recipe_flags.in_range(args, "validation_split", 0, 1, low_open=True, high_open=True)
     if args.from_scratch and args.d_model % args.num_heads:
         raise ValueError(f"--d-model {args.d_model} is not divisible by --num-heads {args.num_heads}")
@@ -195,14 +196,16 @@ def load_backbone(args, tokenizer, plan):
     """The pretrained backbone, or a fresh one of the flags' size, computing in `plan`'s precision.
 
     A `.keras` file keeps the dtype policy and dropout it was trained with, so a loaded backbone is rebuilt
-    with the plan's policy and `--encoder-dropout` (`training.with_precision`, `models.with_dropout`).
+    with the plan's policy (`training.with_precision`) and any `--encoder-dropout` (`models.with_dropout`).
     """
     with plan.scope():
         if not args.from_scratch:
-            backbone = keras.models.load_model(_pretrained_files(args)["backbone.keras"])
-            return models.with_dropout(training.with_precision(backbone, plan.precision), args.encoder_dropout)
+            backbone = training.with_precision(keras.models.load_model(_pretrained_files(args)["backbone.keras"]),
+                                               plan.precision)
+            return backbone if args.encoder_dropout is None else models.with_dropout(backbone, args.encoder_dropout)
+        dropout = 0.1 if args.encoder_dropout is None else args.encoder_dropout
         return models.bert_backbone(tokenizer.vocabulary_size, args.max_length or 128, args.d_model,
-                                    args.num_heads, args.num_layers, args.ff_dim, args.encoder_dropout)
+                                    args.num_heads, args.num_layers, args.ff_dim, dropout)
 
 
 def _pretrained_files(args):

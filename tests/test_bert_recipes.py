@@ -30,6 +30,7 @@ def _load(name):
     ("bert_pretrain", ["--d-model", "30", "--num-heads", "4"], "--d-model 30 is not divisible by --num-heads 4"),
     ("bert_finetune", ["--mode", "top-k", "--top-k", "0"], "--top-k must be an integer >= 1; received 0"),
     ("bert_finetune", ["--learning-rate", "nan"], "--learning-rate must be a finite number"),
+    ("bert_finetune", ["--encoder-dropout", "1"], "--encoder-dropout must be a finite number in [0, 1); received 1"),
     ("bert_finetune", ["--pretrained", "x", "--from-scratch"], "not allowed with argument"),
     ("bert_finetune", ["--name", "../escape"], "--name must be a single folder name"),
 ])
@@ -57,7 +58,7 @@ def test_finetune_from_scratch_times_its_plan_and_exports(tmp_path, capsys):
 
 
 def test_finetune_gives_a_pretrained_encoder_the_encoder_dropout(tmp_path):
-    """bert_pretrain saves an encoder without dropout; fine-tuning rebuilds it with --encoder-dropout (0.1)."""
+    """A pretrained encoder keeps its own dropout (0 from bert_pretrain) unless --encoder-dropout sets one."""
     from kerazoo import models, training
 
     backbone = models.bert_backbone(30, max_length=8, d_model=8, num_heads=2, num_layers=1, ff_dim=16, dropout=0.0)
@@ -65,7 +66,7 @@ def test_finetune_gives_a_pretrained_encoder_the_encoder_dropout(tmp_path):
     for name in ("vocabulary.json", "pretraining.json"):
         (tmp_path / name).write_text("{}")  # present, as _pretrained_files requires; the backbone is all that loads
     finetune = _load("bert_finetune")
-    for argv, rate in (([], 0.1), (["--encoder-dropout", "0.25"], 0.25)):
+    for argv, rate in (([], 0.0), (["--encoder-dropout", "0.25"], 0.25)):
         args = finetune.parse_args(["--pretrained", str(tmp_path), *argv])
         loaded = finetune.load_backbone(args, None, training.TrainingPlan("float32", False, "test"))
         assert {layer.rate for layer in loaded._flatten_layers() if isinstance(layer, keras.layers.Dropout)} == {rate}

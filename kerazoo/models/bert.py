@@ -82,8 +82,9 @@ def with_dropout(backbone, dropout):
     """`backbone` with every dropout rate set to `dropout`: a rebuilt copy with the same weights.
 
     A backbone keeps the rate it was built with; `bert_pretrain` builds
-    without dropout (a short pretraining underfits), while fine-tuning on a
-    labelled set of tens of thousands of examples wants BERT's 0.1.
+    without dropout (a short pretraining underfits), while several epochs
+    of fine-tuning can overfit without BERT's 0.1 (`bert_finetune.py
+    --encoder-dropout`).
 
     Args:
         backbone: a `bert_backbone` (e.g. loaded from a `.keras` file).
