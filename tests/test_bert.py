@@ -102,6 +102,7 @@ def test_with_dropout_sets_every_rate_and_keeps_the_weights(rng):
     rebuilt = models.with_dropout(backbone, 0.3)
     rates = [layer.rate for layer in rebuilt._flatten_layers() if isinstance(layer, keras.layers.Dropout)]
     assert rates == [0.3] * 5  # after the embeddings; in each of 2 blocks, its residuals' and its attention's
+    assert len(rebuilt.weights) == len(backbone.weights)
     for a, b in zip(rebuilt.get_weights(), backbone.get_weights()):
         np.testing.assert_array_equal(a, b)
     # Inference is unchanged; in training the new rate drops units (the rate-0 original's outputs do not move).

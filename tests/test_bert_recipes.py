@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kerazoo import models, training
 from tf_only import assert_no_xla, run_tf_only
 
 RECIPES = pathlib.Path(__file__).resolve().parent.parent / "recipes"
@@ -59,8 +60,6 @@ def test_finetune_from_scratch_times_its_plan_and_exports(tmp_path, capsys):
 
 def test_finetune_gives_a_pretrained_encoder_the_encoder_dropout(tmp_path):
     """A pretrained encoder keeps its own dropout (0 from bert_pretrain) unless --encoder-dropout sets one."""
-    from kerazoo import models, training
-
     backbone = models.bert_backbone(30, max_length=8, d_model=8, num_heads=2, num_layers=1, ff_dim=16, dropout=0.0)
     backbone.save(tmp_path / "backbone.keras")
     for name in ("vocabulary.json", "pretraining.json"):
@@ -70,6 +69,7 @@ def test_finetune_gives_a_pretrained_encoder_the_encoder_dropout(tmp_path):
         args = finetune.parse_args(["--pretrained", str(tmp_path), *argv])
         loaded = finetune.load_backbone(args, None, training.TrainingPlan("float32", False, "test"))
         assert {layer.rate for layer in loaded._flatten_layers() if isinstance(layer, keras.layers.Dropout)} == {rate}
+        assert len(loaded.weights) == len(backbone.weights)
         for a, b in zip(loaded.get_weights(), backbone.get_weights()):
             np.testing.assert_array_equal(a, b)
 
