@@ -2,6 +2,7 @@
 
 from kerazoo.layers.adapter import BottleneckAdapter
 from kerazoo.layers.attention import MultiHeadCrossAttention, MultiHeadSelfAttention
+from kerazoo.layers.dropout import FastDropout
 from kerazoo.layers.embedding import TokenAndPositionEmbedding
 from kerazoo.layers.position import PositionalEncoding, PositionEmbedding, sinusoidal_encoding
 from kerazoo.layers.prompt import SoftPrompt
@@ -9,6 +10,7 @@ from kerazoo.layers.transformer import TransformerBlock, TransformerDecoderBlock
 
 __all__ = [
     "BottleneckAdapter",
+    "FastDropout",
     "MultiHeadCrossAttention",
     "MultiHeadSelfAttention",
     "PositionalEncoding",

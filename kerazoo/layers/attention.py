@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from kerazoo.layers._validation import check_rank
+from kerazoo.layers.dropout import FastDropout
 
 
 @keras.saving.register_keras_serializable(package="kerazoo")
@@ -81,7 +82,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.qkv_dense.build(input_shape)
         self.output_dense = keras.layers.Dense(d_model, name="output", **dense_args)
         self.output_dense.build(tuple(input_shape[:-1]) + (inner_dim,))
-        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.dropout_layer = FastDropout(self.dropout, dtype=self.dtype_policy)
 
     def call(self, inputs, padding_mask=None, training=None,
              return_attention_scores=False, mask=None, cache=None, cache_index=None,
@@ -296,7 +297,7 @@ class MultiHeadCrossAttention(MultiHeadSelfAttention):
         self.key_value_dense.build(context_shape)
         self.output_dense = keras.layers.Dense(d_model, name="output", **dense_args)
         self.output_dense.build(tuple(inputs_shape[:-1]) + (inner_dim,))
-        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.dropout_layer = FastDropout(self.dropout, dtype=self.dtype_policy)
 
     def call(self, inputs, context=None, context_mask=None, training=None,
              return_attention_scores=False, key_value=None):

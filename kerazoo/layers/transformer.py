@@ -6,6 +6,7 @@ from keras import ops
 from kerazoo.layers._validation import check_rank
 from kerazoo.layers.adapter import BottleneckAdapter
 from kerazoo.layers.attention import MultiHeadCrossAttention, MultiHeadSelfAttention
+from kerazoo.layers.dropout import FastDropout
 
 
 @keras.saving.register_keras_serializable(package="kerazoo")
@@ -95,7 +96,7 @@ class TransformerBlock(keras.layers.Layer):
         self.ff_output = keras.layers.Dense(
             d_model, kernel_initializer=self.kernel_initializer, dtype=policy, name="ff_output")
         self.ff_output.build(tuple(input_shape[:-1]) + (self.ff_dim,))
-        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=policy)
+        self.dropout_layer = FastDropout(self.dropout, dtype=policy)
         if self.adapter_dim:
             self._build_adapters()
 
