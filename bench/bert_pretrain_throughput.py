@@ -121,6 +121,7 @@ def main(argv=None):
             start = time.perf_counter()
             model.fit(ds, steps_per_epoch=args.steps, epochs=1, verbose=0)
             samples.append(tokens / (time.perf_counter() - start))
+    fusion.close()  # auto-clustering off again
     print(f"\nBERT pretraining, vocab {args.vocab_size}, d_model {args.d_model}, {args.num_layers} layers, "
           f"{args.num_heads} heads, ff {args.ff_dim}, batch {args.batch_size} x seq {args.seq_len}, "
           f"{args.max_predictions} masked positions; median of {args.rounds} x {args.steps} steps")
@@ -134,7 +135,6 @@ def main(argv=None):
     for setting, _ in settings:
         ratio = statistics.median(runs[("kerazoo", setting)][2]) / statistics.median(runs[("keras-hub", setting)][2])
         print(f"same setting {setting:<22s}: kerazoo MLM+NSP / keras-hub MLM = {ratio:.2f}x")
-    fusion.close()
     print(f"best vs best: kerazoo ({best['kerazoo'][0]}) / keras-hub ({best['keras-hub'][0]}) = "
           f"{best['kerazoo'][1] / best['keras-hub'][1]:.2f}x")
     return 0

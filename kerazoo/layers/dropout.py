@@ -2,6 +2,7 @@
 
 import keras
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # TensorFlow's own test of the XLA context
 
 _LEVELS = 2 ** 16  # each element's keep/drop decision reads 16 random bits
 
@@ -64,6 +65,4 @@ class FastDropout(keras.layers.Dropout):
 
 def _compiling_with_xla():
     """Whether the function being traced is XLA-compiled (`tf.function(jit_compile=True)`, Keras's `jit_compile`)."""
-    from tensorflow.python.ops import control_flow_util  # TensorFlow's own test of the XLA context
-
     return tf.inside_function() and control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
